@@ -1,0 +1,122 @@
+package testenv
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// ErrNotInstalled is wrapped by Start* errors when a binary or module a part needs is absent,
+// so that New*/Shared* helpers can call Missing instead of failing with a confusing error.
+var ErrNotInstalled = errors.New("not installed")
+
+// proc is one started process, run as the leader of its own process group so that stopping it
+// also stops everything it forked (Kamailio children, Erlang port programs).
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	pgid int
+	done chan struct{}
+	err  error // exit status; valid once done is closed
+}
+
+// startProc starts cmd in a new process group with stdout and stderr appended to logPath.
+func startProc(name string, cmd *exec.Cmd, logPath string) (*proc, error) {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open log of %s: %w", name, err)
+	}
+	defer logf.Close() // the child has its own copy
+	cmd.Stdout = logf
+	cmd.Stderr = logf
+	if cmd.SysProcAttr == nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{}
+	}
+	cmd.SysProcAttr.Setpgid = true
+	// If the test binary dies without running Main's cleanup (go test -timeout panics), the
+	// leader dies with it instead of holding ports for the next run.
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGKILL
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s (%s): %w", name, cmd.Path, err)
+	}
+	p := &proc{name: name, cmd: cmd, pgid: cmd.Process.Pid, done: make(chan struct{})}
+	register(p)
+	go func() {
+		p.err = cmd.Wait()
+		// Nothing of the group may outlive its leader: a stray child would keep the ports.
+		_ = syscall.Kill(-p.pgid, syscall.SIGKILL)
+		unregister(p)
+		close(p.done)
+	}()
+	return p, nil
+}
+
+func (p *proc) pid() int { return p.cmd.Process.Pid }
+
+func (p *proc) exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// stop asks the leader to exit with SIGTERM and kills the group if it has not exited in grace.
+func (p *proc) stop(grace time.Duration) error {
+	if p.exited() {
+		return nil
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
+		return fmt.Errorf("SIGTERM %s pid %d: %w", p.name, p.pid(), err)
+	}
+	t := time.NewTimer(grace)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return nil
+	case <-t.C:
+		p.kill()
+		return fmt.Errorf("%s pid %d did not exit within %s of SIGTERM; killed its process group", p.name, p.pid(), grace)
+	}
+}
+
+// kill sends SIGKILL to the whole process group and waits for the leader to be reaped.
+func (p *proc) kill() {
+	if p.exited() {
+		return
+	}
+	_ = syscall.Kill(-p.pgid, syscall.SIGKILL)
+	<-p.done
+}
+
+// logTail returns the last n lines of a log file, for error messages that explain a failed start.
+func logTail(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Sprintf("(cannot read log %s: %v)", path, err)
+	}
+	defer f.Close()
+	const max = 64 << 10
+	if st, err := f.Stat(); err == nil && st.Size() > max {
+		_, _ = f.Seek(st.Size()-max, io.SeekStart)
+	}
+	b, _ := io.ReadAll(f)
+	lines := bytes.Split(bytes.TrimRight(b, "\n"), []byte("\n"))
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	var sb strings.Builder
+	fmt.Fprintf(&sb, "--- last %d lines of %s ---\n", len(lines), path)
+	for _, l := range lines {
+		sb.Write(l)
+		sb.WriteByte('\n')
+	}
+	return sb.String()
+}
