@@ -1,0 +1,211 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sipside/sipside/evi"
+	"github.com/sipside/sipside/internal/metrics"
+)
+
+const runHelp = `Usage: sipside run [-c FILE] [--log-level LEVEL] [--log-format text|json]
+
+Runs the daemon: receives the proxy's events on the configured inputs and
+delivers them through the configured routes, with /metrics and /healthz on
+the observability port.
+
+Without -c it runs the embedded default: listen for OpenSIPS event_datagram
+notifications on udp:127.0.0.1:8090 and print each event as one JSON line on
+stdout, observability on 127.0.0.1:9690.
+
+Signals: SIGTERM/SIGINT stop (queued events get up to shutdown_timeout to
+go out); SIGHUP reloads the config file (a bad file is refused, the running
+config stays).
+
+Flags:
+`
+
+const runExample = `
+Example:
+  sipside run                       # embedded default
+  sipside run -c /etc/sipside/sipside.toml --log-format json
+  # then, from OpenSIPS: opensips-cli -x mi event_subscribe E_PIKE_BLOCKED udp:127.0.0.1:8090
+`
+
+type runFlags struct {
+	config    string
+	logLevel  string
+	logFormat string
+}
+
+func cmdRun(ctx context.Context, e *env, args []string) int {
+	fs := flag.NewFlagSet("run", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	var f runFlags
+	fs.StringVar(&f.config, "c", "", "config `FILE` (default: the embedded default)")
+	fs.StringVar(&f.logLevel, "log-level", "", "override [log] level: debug, info, warn, error")
+	fs.StringVar(&f.logFormat, "log-format", "", "override [log] format: text or json")
+	fs.Usage = func() {
+		fmt.Fprint(e.stderr, runHelp)
+		fs.PrintDefaults()
+		fmt.Fprint(e.stderr, runExample)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "sipside run: unexpected argument %q\n", fs.Arg(0))
+		return exitUsage
+	}
+	cfg, err := loadConfigFile(f.config)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "sipside run: %v\n", err)
+		return exitFailure
+	}
+	level := new(slog.LevelVar)
+	log, err := newLogger(e.stderr, cfg, f, level)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "sipside run: %v\n", err)
+		return exitUsage
+	}
+	d := &daemon{env: e, flags: f, log: log, level: level, reg: metrics.New()}
+	if err := d.run(ctx, cfg); err != nil {
+		log.Error("sipside stopped", "error", err)
+		return exitFailure
+	}
+	return exitOK
+}
+
+func newLogger(w io.Writer, cfg *Config, f runFlags, level *slog.LevelVar) (*slog.Logger, error) {
+	lv, format := cfg.Log.Level, cfg.Log.Format
+	if f.logLevel != "" {
+		lv = f.logLevel
+	}
+	if f.logFormat != "" {
+		format = f.logFormat
+	}
+	l, err := parseLevel(lv)
+	if err != nil {
+		return nil, fmt.Errorf("--log-level %w", err)
+	}
+	level.Set(l)
+	opts := &slog.HandlerOptions{Level: level}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// daemon is `sipside run`: it wires the packages together and owns signals.
+type daemon struct {
+	env   *env
+	flags runFlags
+	log   *slog.Logger
+	level *slog.LevelVar
+	reg   *metrics.Registry
+}
+
+func (d *daemon) run(ctx context.Context, cfg *Config) error {
+	m := evi.NewMetrics(d.reg)
+	deps := evi.Deps{Stdout: evi.LockWriter(d.env.stdout), Log: d.log, Metrics: d.reg}
+	pipe, err := evi.NewPipeline(cfg.events(), deps, m, nil)
+	if err != nil {
+		return err
+	}
+	var ln net.Listener
+	if cfg.HTTP.Listen != "off" {
+		ln, err = net.Listen("tcp", cfg.HTTP.Listen)
+		if err != nil {
+			pipe.Reload(evi.Config{}) //nolint:errcheck // only to close what was opened
+			return fmt.Errorf("observability server on %s: %w (is another sipside running? set [http] listen)", cfg.HTTP.Listen, err)
+		}
+	}
+	d.log.Info("sipside started", "config", cfg.source, "inputs", len(cfg.Input), "routes", len(cfg.Route), "http", cfg.HTTP.Listen, "version", version())
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return pipe.Run(gctx, time.Duration(cfg.Shutdown)) })
+	if ln != nil {
+		srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
+		g.Go(func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("observability server: %w", err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			return srv.Shutdown(sctx)
+		})
+	}
+	g.Go(func() error { d.reloadOnHUP(gctx, pipe, cfg); return nil })
+	err = g.Wait()
+	d.log.Info("sipside stopped")
+	return err
+}
+
+// reloadOnHUP re-reads the config file on SIGHUP. A bad file is refused and
+// the running config stays; the observability address needs a restart.
+func (d *daemon) reloadOnHUP(ctx context.Context, pipe *evi.Pipeline, cur *Config) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		}
+		next, err := loadConfigFile(d.flags.config)
+		if err != nil {
+			d.log.Error("config reload refused; the running config stays", "error", err)
+			continue
+		}
+		if err := pipe.Reload(next.events()); err != nil {
+			d.log.Error("config reload refused; the running config stays", "error", err)
+			continue
+		}
+		if l, err := parseLevel(next.Log.Level); err == nil && d.flags.logLevel == "" {
+			d.level.Set(l)
+		}
+		if next.HTTP.Listen != cur.HTTP.Listen {
+			d.log.Warn("[http] listen changed: restart sipside to move the observability server", "running", cur.HTTP.Listen, "configured", next.HTTP.Listen)
+		}
+		cur = next
+		d.log.Info("config reloaded", "config", next.source, "inputs", len(next.Input), "routes", len(next.Route))
+	}
+}
+
+func (d *daemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /metrics", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		if _, err := d.reg.WriteTo(w); err != nil {
+			d.log.Debug("writing /metrics", "error", err)
+		}
+	})
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, "ok\n")
+	})
+	return mux
+}

@@ -1,0 +1,105 @@
+// Package evi receives the proxy's events and re-dispatches them through
+// virtual subscribers to real backends, as OpenSIPS's event_virtual does
+// inside the proxy, but with each delivery's outcome known.
+package evi
+
+import (
+	"context"
+	"time"
+	"unicode/utf8"
+)
+
+// Event is one event as the proxy raised it.
+//
+// Params is kept as the raw JSON text the proxy sent, never as a Go map:
+// OpenSIPS 3.6.8 can send array params as an object with duplicate empty keys
+// ({"":"a","":"b"}), and only the raw token stream preserves them in order.
+type Event struct {
+	Name     string    // the event name, e.g. E_UL_CONTACT_INSERT
+	Params   []byte    // raw JSON of "params" (object or array); nil when absent
+	Raw      []byte    // the whole notification as received; nil for events made in sipside
+	Received time.Time // when sipside read it
+	Source   string    // the input it came from, e.g. udp:127.0.0.1:8090
+}
+
+// Backend delivers events to one destination and tells whether it worked.
+// Deliver must honour ctx's deadline: a dead destination may slow its own
+// delivery, never the whole pipeline.
+type Backend interface {
+	Deliver(ctx context.Context, ev *Event) error
+	Close() error
+}
+
+// AppendJSONLine appends ev as one line of sipside's JSON-lines format:
+// {"event":NAME,"params":PARAMS,"received":RFC3339Nano,"source":SOURCE}\n.
+// params is copied byte for byte and left out when the proxy sent none.
+func AppendJSONLine(dst []byte, ev *Event) []byte {
+	dst = append(dst, `{"event":`...)
+	dst = appendJSONString(dst, ev.Name)
+	if ev.Params != nil {
+		dst = append(dst, `,"params":`...)
+		dst = append(dst, ev.Params...)
+	}
+	dst = append(dst, `,"received":"`...)
+	dst = ev.Received.UTC().AppendFormat(dst, time.RFC3339Nano)
+	dst = append(dst, `","source":`...)
+	dst = appendJSONString(dst, ev.Source)
+	return append(dst, "}\n"...)
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString quotes s for JSON without reflection; invalid UTF-8 is
+// replaced by U+FFFD so that the line stays valid JSON.
+func appendJSONString(dst []byte, s string) []byte {
+	dst = append(dst, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				dst = append(dst, '\\', c)
+			case c < 0x20:
+				switch c {
+				case '\n':
+					dst = append(dst, '\\', 'n')
+				case '\r':
+					dst = append(dst, '\\', 'r')
+				case '\t':
+					dst = append(dst, '\\', 't')
+				default:
+					dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+				}
+			default:
+				dst = append(dst, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			dst = append(dst, `\ufffd`...)
+		} else {
+			dst = append(dst, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(dst, '"')
+}
+
+// Notification returns the JSON-RPC notification OpenSIPS's event_datagram
+// would send for ev: the original bytes when the event came from the proxy,
+// else one built from Name and Params.
+func (ev *Event) Notification() []byte {
+	if ev.Raw != nil {
+		return ev.Raw
+	}
+	b := make([]byte, 0, 48+len(ev.Name)+len(ev.Params))
+	b = append(b, `{"jsonrpc":"2.0","method":`...)
+	b = appendJSONString(b, ev.Name)
+	if ev.Params != nil {
+		b = append(b, `,"params":`...)
+		b = append(b, ev.Params...)
+	}
+	return append(b, '}')
+}

@@ -1,0 +1,30 @@
+package evi
+
+import "github.com/sipside/sipside/internal/metrics"
+
+// Metrics are the event pipeline's counters, registered once per registry
+// and shared by every pipeline built on it (a config reload keeps counting).
+type Metrics struct {
+	Received    *metrics.CounterVec // input
+	Invalid     *metrics.CounterVec // input
+	Unmatched   *metrics.Counter
+	Delivered   *metrics.CounterVec   // route, backend
+	Failed      *metrics.CounterVec   // route, backend
+	Undelivered *metrics.CounterVec   // route, reason: an event no backend of the route took
+	Latency     *metrics.HistogramVec // route
+	QueueDepth  *metrics.GaugeVec     // route
+}
+
+// NewMetrics registers the pipeline's metrics on r.
+func NewMetrics(r *metrics.Registry) *Metrics {
+	return &Metrics{
+		Received:    r.Counter("sipside_events_received_total", "Events read and parsed by an input.", "input"),
+		Invalid:     r.Counter("sipside_events_invalid_total", "Datagrams or frames an input rejected as malformed.", "input"),
+		Unmatched:   r.Counter("sipside_events_unmatched_total", "Events that matched no route.").With(),
+		Delivered:   r.Counter("sipside_events_delivered_total", "Events a backend accepted.", "route", "backend"),
+		Failed:      r.Counter("sipside_events_failed_total", "Delivery attempts a backend failed.", "route", "backend"),
+		Undelivered: r.Counter("sipside_events_undelivered_total", "Events that no backend of a route accepted.", "route", "reason"),
+		Latency:     r.Histogram("sipside_delivery_seconds", "Time from receipt to the route's final outcome.", nil, "route"),
+		QueueDepth:  r.Gauge("sipside_route_queue_events", "Events waiting in a route's queue.", "route"),
+	}
+}

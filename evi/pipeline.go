@@ -1,0 +1,223 @@
+package evi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sipside/sipside/internal/metrics"
+)
+
+// InputConfig is one [[input]].
+type InputConfig struct {
+	Listen string `toml:"listen"` // udp:HOST:PORT, unix:/path, tcp:HOST:PORT, evapi:HOST:PORT, stdin:
+}
+
+// Config is the event pipeline's part of sipside's configuration.
+type Config struct {
+	Inputs []InputConfig
+	Routes []RouteConfig
+}
+
+// Validate checks every socket string and route without opening anything.
+func (c Config) Validate() error {
+	seen := map[string]bool{}
+	for i, in := range c.Inputs {
+		l, err := ParseListen(in.Listen)
+		if err != nil {
+			return fmt.Errorf("input[%d].listen: %w", i, err)
+		}
+		switch l.Proto {
+		case "udp", "unix":
+		default:
+			return fmt.Errorf("input[%d].listen: %q: the %s input is not built yet in this version (udp and unix are)", i, in.Listen, l.Proto)
+		}
+		if seen[l.String()] {
+			return fmt.Errorf("input[%d].listen: %q is listed twice", i, in.Listen)
+		}
+		seen[l.String()] = true
+	}
+	r, err := NewRouter(c.Routes, Deps{}, NewMetrics(metrics.New()), nil)
+	if err != nil {
+		return err
+	}
+	return r.closeBackends()
+}
+
+// Pipeline runs inputs into a router. Reload swaps the routes and opens or
+// closes only the inputs whose listen string changed, so that a SIGHUP does
+// not drop the events arriving on unchanged sockets.
+type Pipeline struct {
+	deps Deps
+	m    *Metrics
+	log  *slog.Logger
+	// OnFailure receives every event that a route could not deliver.
+	onFailure FailureFunc
+
+	router atomic.Pointer[Router]
+
+	mu     sync.Mutex
+	inputs map[string]*runningInput
+	ctx    context.Context // set by Run; inputs opened by Reload start under it
+	wg     sync.WaitGroup
+}
+
+type runningInput struct {
+	in     Input
+	cancel context.CancelFunc
+}
+
+// NewPipeline opens the inputs and builds the routes of cfg.
+func NewPipeline(cfg Config, d Deps, m *Metrics, onFailure FailureFunc) (*Pipeline, error) {
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
+	}
+	p := &Pipeline{deps: d, m: m, log: d.Log, onFailure: onFailure, inputs: map[string]*runningInput{}}
+	if err := p.apply(cfg); err != nil {
+		p.closeInputs()
+		return nil, err
+	}
+	return p, nil
+}
+
+// apply opens new inputs and builds the new router; it changes nothing
+// running until both succeeded.
+func (p *Pipeline) apply(cfg Config) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	r, err := NewRouter(cfg.Routes, p.deps, p.m, p.onFailure)
+	if err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	want := map[string]bool{}
+	opened := map[string]Input{}
+	for _, ic := range cfg.Inputs {
+		l, _ := ParseListen(ic.Listen)
+		key := l.String()
+		want[key] = true
+		if _, ok := p.inputs[key]; ok {
+			continue
+		}
+		in, err := OpenInput(l, p.m, p.log)
+		if err != nil {
+			for _, o := range opened {
+				o.Close()
+			}
+			r.closeBackends()
+			return err
+		}
+		opened[key] = in
+	}
+	r.Start()
+	old := p.router.Swap(r)
+	for key, ri := range p.inputs {
+		if !want[key] {
+			ri.cancel()
+			ri.in.Close()
+			delete(p.inputs, key)
+			p.log.Info("input closed", "input", key)
+		}
+	}
+	for key, in := range opened {
+		ri := &runningInput{in: in}
+		p.inputs[key] = ri
+		if p.ctx != nil {
+			p.startInput(key, ri)
+		}
+	}
+	if old != nil {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if err := old.Close(ctx); err != nil {
+				p.log.Warn("old routes did not close cleanly after reload", "error", err)
+			}
+		}()
+	}
+	return nil
+}
+
+// Reload applies a new configuration; on error the running one stays.
+func (p *Pipeline) Reload(cfg Config) error { return p.apply(cfg) }
+
+// Accept hands ev to the current routes; inputs call it, and so can other
+// parts of sipside that make events (DMQ, AMQP consumers).
+func (p *Pipeline) Accept(ev *Event) {
+	for {
+		r := p.router.Load()
+		if r.TryAccept(ev) {
+			return
+		}
+		if p.router.Load() == r {
+			// Closed for good: the pipeline is shutting down.
+			p.m.Undelivered.With("", "shutdown").Inc()
+			p.log.Warn("event arrived after shutdown began", "event", ev.Name)
+			return
+		}
+		// A reload closed the router we loaded; retry on the new one.
+	}
+}
+
+func (p *Pipeline) startInput(key string, ri *runningInput) {
+	ctx, cancel := context.WithCancel(p.ctx)
+	ri.cancel = cancel
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		p.log.Info("input listening", "input", key)
+		if err := ri.in.Run(ctx, p); err != nil {
+			p.log.Error("input stopped", "input", key, "error", err)
+		}
+	}()
+}
+
+// Run reads every input until ctx ends, then drains the routes (up to
+// drain) and closes everything.
+func (p *Pipeline) Run(ctx context.Context, drain time.Duration) error {
+	p.mu.Lock()
+	p.ctx = ctx
+	for key, ri := range p.inputs {
+		p.startInput(key, ri)
+	}
+	p.mu.Unlock()
+	<-ctx.Done()
+	p.closeInputs()
+	p.wg.Wait()
+	dctx, cancel := context.WithTimeout(context.Background(), drain)
+	defer cancel()
+	return p.router.Load().Close(dctx)
+}
+
+func (p *Pipeline) closeInputs() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var errs []error
+	for key, ri := range p.inputs {
+		if ri.cancel != nil {
+			ri.cancel()
+		}
+		errs = append(errs, ri.in.Close())
+		delete(p.inputs, key)
+	}
+	if err := errors.Join(errs...); err != nil {
+		p.log.Warn("closing inputs", "error", err)
+	}
+}
+
+// Inputs lists the open inputs' socket strings.
+func (p *Pipeline) Inputs() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var s []string
+	for k := range p.inputs {
+		s = append(s, k)
+	}
+	return s
+}

@@ -1,0 +1,268 @@
+package evi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"path"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sipside/sipside/internal/metrics"
+)
+
+// RouteConfig is one [[route]]: which events go to which subscriber.
+type RouteConfig struct {
+	Name            string   `toml:"name"`             // label in metrics and logs; default routeN
+	Events          []string `toml:"events"`           // exact names or globs (E_UL_*); default ["*"]
+	To              string   `toml:"to"`               // an OpenSIPS socket string, virtual: included
+	Queue           int      `toml:"queue"`            // events waiting for delivery; default 10000
+	Timeout         Duration `toml:"timeout"`          // per delivery attempt; default 5s
+	FailoverTimeout Duration `toml:"failover_timeout"` // FAILOVER's skip window; default 30s
+}
+
+const (
+	defaultQueue   = 10000
+	defaultTimeout = 5 * time.Second
+)
+
+func (rc *RouteConfig) setDefaults(i int) {
+	if rc.Name == "" {
+		rc.Name = "route" + strconv.Itoa(i+1)
+	}
+	if len(rc.Events) == 0 {
+		rc.Events = []string{"*"}
+	}
+	if rc.Queue == 0 {
+		rc.Queue = defaultQueue
+	}
+	if rc.Timeout == 0 {
+		rc.Timeout = Duration(defaultTimeout)
+	}
+	if rc.FailoverTimeout == 0 {
+		rc.FailoverTimeout = Duration(DefaultFailoverTimeout)
+	}
+}
+
+func (rc *RouteConfig) validate() error {
+	if rc.To == "" {
+		return errors.New(`"to" is empty: name a socket, e.g. to = "stdout:" or "virtual:FAILOVER udp:127.0.0.1:9000 flatstore:/var/log/sipside/events.log"`)
+	}
+	for _, p := range rc.Events {
+		if _, err := path.Match(p, ""); err != nil {
+			return fmt.Errorf("events: bad pattern %q: %w", p, err)
+		}
+	}
+	if rc.Queue < 0 {
+		return fmt.Errorf("queue = %d: want a positive number of events", rc.Queue)
+	}
+	if rc.Timeout < 0 || rc.FailoverTimeout < 0 {
+		return errors.New("timeout and failover_timeout must not be negative")
+	}
+	return nil
+}
+
+// FailureFunc is told about every event that a route could not deliver at
+// all. It is the one place where undeliverable events go (the spool's seam).
+type FailureFunc func(route string, ev *Event, err error)
+
+// Router matches events to routes; each route delivers in order from its
+// own queue, so that one dead backend slows only its own route.
+type Router struct {
+	routes    []*route
+	m         *Metrics
+	log       *slog.Logger
+	onFailure FailureFunc
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+
+	// mu guards closed against Accept racing with Close: a send on a closed
+	// queue would panic.
+	mu     sync.RWMutex
+	closed bool
+}
+
+type route struct {
+	cfg     RouteConfig
+	b       Backend
+	queue   chan *Event
+	depth   *metrics.Gauge
+	full    *metrics.Counter
+	failed  *metrics.Counter
+	latency *metrics.Histogram
+	ok      *metrics.Counter // per-route delivered, for single backends
+}
+
+// NewRouter builds every route's backend. It dials nothing.
+func NewRouter(cfgs []RouteConfig, d Deps, m *Metrics, onFailure FailureFunc) (*Router, error) {
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
+	}
+	r := &Router{m: m, log: d.Log, onFailure: onFailure}
+	for i, rc := range cfgs {
+		rc.setDefaults(i)
+		if err := rc.validate(); err != nil {
+			r.closeBackends()
+			return nil, fmt.Errorf("route %q: %w", rc.Name, err)
+		}
+		b, err := NewBackend(rc.To, d)
+		if err != nil {
+			r.closeBackends()
+			return nil, fmt.Errorf("route %q: %w", rc.Name, err)
+		}
+		rt := &route{
+			cfg:     rc,
+			b:       b,
+			queue:   make(chan *Event, rc.Queue),
+			depth:   m.QueueDepth.With(rc.Name),
+			full:    m.Undelivered.With(rc.Name, "queue_full"),
+			failed:  m.Undelivered.With(rc.Name, "failed"),
+			latency: m.Latency.With(rc.Name),
+		}
+		if v, ok := b.(*Virtual); ok {
+			v.SetFailoverTimeout(time.Duration(rc.FailoverTimeout))
+			name := rc.Name
+			v.Report = func(member string, err error) {
+				if err != nil {
+					m.Failed.With(name, member).Inc()
+				} else {
+					m.Delivered.With(name, member).Inc()
+				}
+			}
+		}
+		r.routes = append(r.routes, rt)
+	}
+	return r, nil
+}
+
+// Start starts one delivery worker per route.
+func (r *Router) Start() {
+	for _, rt := range r.routes {
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.work(rt)
+		}()
+	}
+}
+
+// Accept queues ev on every matching route without blocking.
+func (r *Router) Accept(ev *Event) { r.TryAccept(ev) }
+
+// TryAccept is Accept that reports false, taking nothing, once the router
+// is closed, so that a caller holding an old router can retry on the new.
+func (r *Router) TryAccept(ev *Event) bool {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	if r.closed {
+		return false
+	}
+	matched := false
+	for _, rt := range r.routes {
+		if !rt.matches(ev.Name) {
+			continue
+		}
+		matched = true
+		select {
+		case rt.queue <- ev:
+			rt.depth.Add(1)
+		default:
+			rt.full.Inc()
+			r.fail(rt, ev, fmt.Errorf("queue of %d events is full: the backend is slower than the events", cap(rt.queue)))
+		}
+	}
+	if !matched {
+		r.m.Unmatched.Inc()
+	}
+	return true
+}
+
+func (rt *route) matches(name string) bool {
+	for _, p := range rt.cfg.Events {
+		if p == name || p == "*" {
+			return true
+		}
+		if ok, _ := path.Match(p, name); ok {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *Router) work(rt *route) {
+	name := Redact(rt.cfg.To)
+	_, isVirtual := rt.b.(*Virtual)
+	var delivered, failed *metrics.Counter
+	if !isVirtual {
+		delivered = r.m.Delivered.With(rt.cfg.Name, name)
+		failed = r.m.Failed.With(rt.cfg.Name, name)
+	}
+	for ev := range rt.queue {
+		rt.depth.Add(-1)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rt.cfg.Timeout))
+		err := rt.b.Deliver(ctx, ev)
+		cancel()
+		rt.latency.Since(ev.Received)
+		if !isVirtual {
+			if err != nil {
+				failed.Inc()
+			} else {
+				delivered.Inc()
+			}
+		}
+		if err != nil {
+			rt.failed.Inc()
+			r.fail(rt, ev, err)
+		}
+		if len(rt.queue) == 0 {
+			if f, ok := rt.b.(flusher); ok {
+				if err := f.Flush(); err != nil {
+					r.log.Warn("flush failed", "route", rt.cfg.Name, "error", err)
+				}
+			}
+		}
+	}
+}
+
+func (r *Router) fail(rt *route, ev *Event, err error) {
+	if r.onFailure != nil {
+		r.onFailure(rt.cfg.Name, ev, err)
+		return
+	}
+	r.log.Warn("event not delivered", "route", rt.cfg.Name, "event", ev.Name, "error", err)
+}
+
+// Close stops accepting, lets each route drain its queue until ctx ends,
+// and closes the backends. Accept must not be called after Close.
+func (r *Router) Close(ctx context.Context) error {
+	var err error
+	r.closeOnce.Do(func() {
+		r.mu.Lock()
+		r.closed = true
+		r.mu.Unlock()
+		for _, rt := range r.routes {
+			close(rt.queue)
+		}
+		done := make(chan struct{})
+		go func() { r.wg.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			err = fmt.Errorf("routes did not drain: %w", ctx.Err())
+		}
+		if cerr := r.closeBackends(); cerr != nil {
+			err = errors.Join(err, cerr)
+		}
+	})
+	return err
+}
+
+func (r *Router) closeBackends() error {
+	var errs []error
+	for _, rt := range r.routes {
+		errs = append(errs, rt.b.Close())
+	}
+	return errors.Join(errs...)
+}
