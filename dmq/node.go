@@ -1,0 +1,578 @@
+package dmq
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Request is a KDMQ request as a peer sees it.
+type Request struct {
+	Channel     string
+	From        NodeAddr // the sender's server_address, from the From URI
+	Known       bool     // From is a node of the list (not pending)
+	ContentType string
+	Body        []byte
+	Msg         *Message
+}
+
+// Peer handles one channel. Handle returns the SIP status code of the answer;
+// it runs on the node's single request worker and must not block on the
+// network (use Node.Go for sends).
+type Peer interface {
+	Channel() string
+	Handle(r *Request) int
+	// SyncRequest is the body asking a node for its full data set, sent once
+	// to every node this node starts talking to; nil when the peer needs none.
+	SyncRequest() []byte
+}
+
+// Node is a member of a DMQ bus.
+type Node struct {
+	cfg     Config
+	self    NodeAddr
+	seeds   []NodeAddr
+	log     *slog.Logger
+	metrics *nodeMetrics
+	opts    Options
+	list    *NodeList
+	peers   map[string]Peer
+
+	htable *HTable
+	usrloc *Usrloc
+	dialog *Dialogs
+
+	mu     sync.Mutex
+	tr     *transport
+	runCtx context.Context
+	sends  sync.WaitGroup
+
+	ready      chan struct{}
+	joined     chan struct{}
+	joinedOnce sync.Once
+	toTag      string
+	callSeq    uint64
+}
+
+// New builds a node from a validated configuration; Run starts it.
+func New(cfg Config, opts Options) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	self, _ := ParseNodeAddr(cfg.Listen)
+	n := &Node{
+		cfg:     cfg,
+		self:    self,
+		log:     opts.Logger,
+		metrics: newNodeMetrics(opts.Metrics),
+		opts:    opts,
+		list:    NewNodeList(self),
+		peers:   make(map[string]Peer),
+		ready:   make(chan struct{}),
+		joined:  make(chan struct{}),
+		toTag:   randHex(16),
+		callSeq: rand.Uint64(),
+	}
+	if n.log == nil {
+		n.log = slog.Default()
+	}
+	n.log = n.log.With("dmq_node", self.String())
+	for _, s := range cfg.Seeds {
+		a, _ := ParseNodeAddr(s)
+		n.seeds = append(n.seeds, a)
+		n.list.AddSeed(a)
+	}
+	for _, p := range cfg.Peers {
+		switch p {
+		case ChannelHTable:
+			n.htable = newHTable(n, cfg.HTables)
+			n.peers[p] = n.htable
+		case ChannelUsrloc:
+			n.usrloc = newUsrloc(n)
+			n.peers[p] = n.usrloc
+		case ChannelDialog:
+			n.dialog = newDialogs(n)
+			n.peers[p] = n.dialog
+		}
+	}
+	n.updateNodeGauge()
+	return n, nil
+}
+
+// Self is this node's identity.
+func (n *Node) Self() NodeAddr { return n.self }
+
+// HTable is the htable mirror, nil when the peer is not configured.
+func (n *Node) HTable() *HTable { return n.htable }
+
+// Usrloc is the usrloc view, nil when the peer is not configured.
+func (n *Node) Usrloc() *Usrloc { return n.usrloc }
+
+// Dialogs is the dialog view, nil when the peer is not configured.
+func (n *Node) Dialogs() *Dialogs { return n.dialog }
+
+// Nodes returns the node list, self first.
+func (n *Node) Nodes() []NodeInfo { return n.list.Snapshot() }
+
+// Ready is closed once the socket is bound.
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+// Joined is closed after the first successful notification exchange.
+func (n *Node) Joined() <-chan struct{} { return n.joined }
+
+// Run binds the socket, joins the bus and serves until ctx ends; then it
+// leaves (announcing itself disabled, bounded by LeaveTimeout) and returns.
+func (n *Node) Run(ctx context.Context) error {
+	conn, err := listenUDP(n.self)
+	if err != nil {
+		return err
+	}
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	tr := &transport{
+		conn:    conn,
+		log:     n.log,
+		metrics: n.metrics,
+		timers:  Timers{T1: n.cfg.T1, T2: n.cfg.T2, Timeout: n.cfg.Timeout},
+		handle:  n.handleRequest,
+		trace:   n.opts.Trace,
+		queue:   make(chan inbound, 4096),
+	}
+	n.mu.Lock()
+	n.tr, n.runCtx = tr, runCtx
+	n.mu.Unlock()
+
+	trDone := make(chan error, 1)
+	go func() { trDone <- tr.run(runCtx) }()
+	close(n.ready)
+	n.log.Info("dmq: node started", "seeds", n.cfg.Seeds, "peers", n.cfg.Peers)
+
+	// Join: notify every seed with Max-Forwards 2 so that it re-broadcasts us.
+	n.pingAll(true)
+	tick := time.NewTicker(n.cfg.PingInterval)
+	defer tick.Stop()
+	expireTick := time.NewTicker(time.Second)
+	defer expireTick.Stop()
+	var runErr error
+loop:
+	for {
+		select {
+		case <-ctx.Done():
+			break loop
+		case err := <-trDone:
+			runErr = err
+			trDone = nil
+			break loop
+		case <-tick.C:
+			n.pingAll(false)
+		case <-expireTick.C:
+			if n.htable != nil {
+				n.htable.expire()
+			}
+			if n.usrloc != nil {
+				n.usrloc.expire()
+			}
+		}
+	}
+	if runErr == nil {
+		leaveCtx, cancelLeave := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.LeaveTimeout)
+		n.leave(leaveCtx)
+		cancelLeave()
+	}
+	cancel()
+	n.sends.Wait()
+	conn.Close()
+	if trDone != nil {
+		if err := <-trDone; err != nil && runErr == nil {
+			runErr = err
+		}
+	}
+	n.log.Info("dmq: node stopped")
+	return runErr
+}
+
+// Go runs f in the background with the node's run context; Run waits for it
+// before returning.
+func (n *Node) Go(f func(ctx context.Context)) {
+	n.mu.Lock()
+	ctx := n.runCtx
+	n.mu.Unlock()
+	if ctx == nil || ctx.Err() != nil {
+		return
+	}
+	n.sends.Add(1)
+	go func() {
+		defer n.sends.Done()
+		f(ctx)
+	}()
+}
+
+// pingAll notifies every non-local node (any status) with this node's list:
+// Kamailio's ping timer. Seeds that are not active get Max-Forwards 2, a
+// re-join that makes them announce this node to the others.
+func (n *Node) pingAll(join bool) {
+	for _, o := range n.list.Others(false) {
+		mf := 1
+		if join || (o.Seed && o.Status != StatusActive) {
+			mf = 2
+		}
+		n.Go(func(ctx context.Context) { n.notify(ctx, o.Addr, mf) })
+	}
+}
+
+// notify sends this node's list to a and applies the answer as Kamailio's
+// notification response callback does.
+func (n *Node) notify(ctx context.Context, a NodeAddr, maxForwards int) {
+	if a.Transport != "" {
+		return // only UDP is spoken; such nodes stay as listed by others
+	}
+	statusAtSend, ok := n.list.startPing(a)
+	if !ok {
+		return
+	}
+	defer n.list.endPing(a)
+	body, err := n.list.Body()
+	if err != nil {
+		n.log.Error("dmq: own node list is invalid; not sending it", "err", err)
+		return
+	}
+	resp, err := n.Send(ctx, a, ChannelNotification, "text/plain", body, maxForwards)
+	switch {
+	case errors.Is(err, ErrTimeout):
+		if c := n.list.timedOut(a, statusAtSend); c != nil {
+			n.nodeChanged(*c)
+		}
+		return
+	case err != nil:
+		if ctx.Err() == nil {
+			n.log.Warn("dmq: notification failed", "to", a.String(), "err", err)
+		}
+		return
+	case resp.StatusCode != 200:
+		n.log.Debug("dmq: notification answered", "to", a.String(), "status", resp.StatusCode)
+		return
+	}
+	c, needSync := n.list.seen(a)
+	if c != nil {
+		n.nodeChanged(*c)
+	}
+	lines, err := ParseNodeList(resp.Body)
+	if err != nil {
+		n.metrics.rejects.With("bad_node_list").Inc()
+		n.log.Warn("dmq: node list in a 200 refused", "from", a.String(), "err", err)
+	} else {
+		n.applyLines(lines)
+	}
+	n.joinedOnce.Do(func() { close(n.joined) })
+	if needSync {
+		n.syncWith(a)
+	}
+}
+
+// applyLines merges a validated list and probes nodes heard of for the first
+// time, so that the init sync reaches them once they know this node.
+func (n *Node) applyLines(lines []NodeLine) []NodeChange {
+	changes := n.list.Merge(lines)
+	for _, c := range changes {
+		n.nodeChanged(c)
+		if c.Added && c.New == StatusActive {
+			n.Go(func(ctx context.Context) { n.notify(ctx, c.Addr, 1) })
+		}
+	}
+	return changes
+}
+
+// syncWith asks a for every peer's full data set.
+func (n *Node) syncWith(a NodeAddr) {
+	for _, ch := range []string{ChannelHTable, ChannelUsrloc, ChannelDialog} {
+		p, ok := n.peers[ch]
+		if !ok {
+			continue
+		}
+		body := p.SyncRequest()
+		if body == nil {
+			continue
+		}
+		n.Go(func(ctx context.Context) {
+			resp, err := n.Send(ctx, a, ch, "application/json", body, 1)
+			if err != nil {
+				if ctx.Err() == nil {
+					n.log.Warn("dmq: sync request failed", "to", a.String(), "channel", ch, "err", err)
+				}
+				return
+			}
+			if resp.StatusCode != 200 {
+				n.log.Warn("dmq: sync request refused", "to", a.String(), "channel", ch, "status", resp.StatusCode)
+			}
+		})
+	}
+}
+
+// leave announces this node disabled to every node, as a voluntary leave that
+// Kamailio understands (it stops listing us; it deletes us once we stop
+// answering its pings).
+func (n *Node) leave(ctx context.Context) {
+	n.list.setLocal(StatusDisabled)
+	body, err := FormatNodeList([]NodeLine{{Addr: n.self, Status: StatusDisabled, HasStatus: true}})
+	if err != nil {
+		n.log.Error("dmq: cannot build leave notification", "err", err)
+		return
+	}
+	var wg sync.WaitGroup
+	for _, o := range n.list.Others(false) {
+		if o.Addr.Transport != "" {
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := n.Send(ctx, o.Addr, ChannelNotification, "text/plain", body, 1); err != nil {
+				n.log.Debug("dmq: leave notification unanswered", "to", o.Addr.String(), "err", err)
+			}
+		}()
+	}
+	wg.Wait()
+	n.log.Info("dmq: left the bus")
+}
+
+// Send runs one KDMQ client transaction to a and returns its final answer.
+func (n *Node) Send(ctx context.Context, a NodeAddr, channel, contentType string, body []byte, maxForwards int) (*Message, error) {
+	n.mu.Lock()
+	tr := n.tr
+	n.mu.Unlock()
+	if tr == nil {
+		return nil, errors.New("dmq: node is not running")
+	}
+	dst, err := a.udpAddr()
+	if err != nil {
+		return nil, fmt.Errorf("dmq: node %s: host must be an IP address: %w", a, err)
+	}
+	req := n.newRequest(a, channel, contentType, body, maxForwards)
+	if n.opts.Trace != nil {
+		n.opts.Trace(false, dst, req)
+	}
+	return tr.roundTrip(ctx, dst, req, boundedChannel(channel))
+}
+
+// Broadcast sends body on channel to every active node but self and waits for
+// all answers. Receivers never relay, so this is how a change made here
+// reaches the whole bus. The error lists the nodes that did not answer 200.
+func (n *Node) Broadcast(ctx context.Context, channel, contentType string, body []byte) error {
+	others := n.list.Others(true)
+	errs := make([]error, len(others))
+	var wg sync.WaitGroup
+	for i, o := range others {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			resp, err := n.Send(ctx, o.Addr, channel, contentType, body, 1)
+			switch {
+			case err != nil:
+				errs[i] = err
+			case resp.StatusCode != 200:
+				errs[i] = fmt.Errorf("%s answered %d %s", o.Addr, resp.StatusCode, resp.Reason)
+			}
+		}()
+	}
+	wg.Wait()
+	return errors.Join(errs...)
+}
+
+func (n *Node) newRequest(a NodeAddr, channel, contentType string, body []byte, maxForwards int) *Message {
+	target := URI{User: channel, Host: a.Host, Port: a.Port}
+	from := URI{User: channel, Host: n.self.Host, Port: n.self.Port}
+	if a.Transport != "" {
+		target.Params = []Param{{"transport", a.Transport}}
+	}
+	n.mu.Lock()
+	n.callSeq++
+	seq := n.callSeq
+	n.mu.Unlock()
+	return &Message{
+		Method:     MethodKDMQ,
+		RequestURI: target.String(),
+		Headers: []Header{
+			{"Via", "SIP/2.0/UDP " + hostPort(n.self.Host, n.self.Port) + ";branch=z9hG4bK" + randHex(16)},
+			{"To", "<" + target.String() + ">"},
+			{"From", "<" + from.String() + ">;tag=" + randHex(16)},
+			{"CSeq", "10 KDMQ"},
+			{"Call-ID", strconv.FormatUint(seq, 16) + "-" + strconv.Itoa(os.Getpid()) + "@" + n.self.Host},
+			{"Content-Length", ""},
+			{"User-Agent", userAgent},
+			{"Max-Forwards", strconv.Itoa(maxForwards)},
+			{"Content-Type", contentType},
+		},
+		Body: body,
+	}
+}
+
+// handleRequest answers one request as Kamailio's script + dmq module would.
+func (n *Node) handleRequest(req *Message, src netip.AddrPort) *Message {
+	switch req.Method {
+	case MethodKDMQ:
+	case "OPTIONS":
+		return req.Reply(200, "OK", n.toTag, "", nil)
+	case "ACK":
+		return nil
+	default:
+		n.metrics.rejects.With("method").Inc()
+		r := req.Reply(405, reasonPhrase(405), n.toTag, "", nil)
+		r.Headers = append(r.Headers[:len(r.Headers)-1], Header{"Allow", "KDMQ, OPTIONS"}, Header{"Content-Length", ""})
+		return r
+	}
+	u, err := ParseURI(req.RequestURI)
+	if err != nil || u.User == "" {
+		n.metrics.rejects.With("bad_request").Inc()
+		n.log.Warn("dmq: KDMQ with an unusable request URI", "from", src.String(), "uri", truncate(req.RequestURI, 80), "err", err)
+		return req.Reply(400, reasonPhrase(400), n.toTag, "", nil)
+	}
+	r := &Request{Channel: u.User, Body: req.Body, Msg: req}
+	r.ContentType, _ = req.Get("Content-Type")
+	if fu, err := ParseURI(req.FromURI()); err == nil {
+		if a, err := addrFromURI(fu); err == nil {
+			r.From = a
+			info, ok := n.list.Lookup(a)
+			r.Known = ok && !info.Local && info.Status != StatusPending
+		}
+	}
+	if r.Channel == ChannelNotification {
+		return n.handleNotification(req, r, src)
+	}
+	p, ok := n.peers[r.Channel]
+	if !ok {
+		n.metrics.rejects.With("unknown_channel").Inc()
+		return req.Reply(404, reasonPhrase(404), n.toTag, "", nil)
+	}
+	code := p.Handle(r)
+	if code >= 300 {
+		n.metrics.rejects.With("bad_body").Inc()
+	}
+	return req.Reply(code, reasonPhrase(code), n.toTag, "", nil)
+}
+
+// handleNotification is dmq_notification_callback with validation added: a
+// body with any bad line is refused whole with 400 (Kamailio 5.6.3 would
+// deadlock on it instead).
+func (n *Node) handleNotification(req *Message, r *Request, src netip.AddrPort) *Message {
+	lines, err := ParseNodeList(req.Body)
+	if err != nil {
+		n.metrics.rejects.With("bad_node_list").Inc()
+		n.log.Warn("dmq: node list refused", "from", src.String(), "err", err)
+		return req.Reply(400, "Bad Node List", n.toTag, "", nil)
+	}
+	changes := n.list.Merge(lines)
+	for _, c := range changes {
+		n.nodeChanged(c)
+	}
+	mf := req.MaxForwards(1)
+	if len(changes) > 0 && mf-1 > 0 {
+		// The sender asked us to spread the news (a join): tell every active node.
+		for _, o := range n.list.Others(true) {
+			n.Go(func(ctx context.Context) { n.notify(ctx, o.Addr, mf-1) })
+		}
+	} else {
+		for _, c := range changes {
+			if c.Added && c.New == StatusActive && c.Addr != r.From {
+				n.Go(func(ctx context.Context) { n.notify(ctx, c.Addr, 1) })
+			}
+		}
+	}
+	if n.list.requestFrom(r.From) {
+		n.joinedOnce.Do(func() { close(n.joined) })
+		n.syncWith(r.From)
+	}
+	body, err := n.list.Body()
+	if err != nil {
+		n.log.Error("dmq: own node list is invalid; answering without it", "err", err)
+		return req.Reply(500, reasonPhrase(500), n.toTag, "", nil)
+	}
+	return req.Reply(200, "OK", n.toTag, "text/plain", body)
+}
+
+func (n *Node) nodeChanged(c NodeChange) {
+	n.updateNodeGauge()
+	status := c.New.String()
+	if c.Removed {
+		status = "removed"
+	}
+	n.log.Info("dmq: node status", "node", c.Addr.String(), "old", c.Old.String(), "status", status)
+	n.emit("E_DMQ_NODE", jsonObject(
+		"node", c.Addr.String(),
+		"status", status,
+		"old_status", c.Old.String(),
+	))
+}
+
+func (n *Node) updateNodeGauge() {
+	counts := map[Status]int{}
+	for _, i := range n.list.Snapshot() {
+		counts[i.Status]++
+	}
+	for _, s := range []Status{StatusActive, StatusPending, StatusDisabled, StatusTimeout} {
+		n.metrics.nodes.With(s.String()).Set(float64(counts[s]))
+	}
+}
+
+func (n *Node) emit(name string, params []byte) {
+	if n.opts.OnChange != nil {
+		n.opts.OnChange(name, params)
+	}
+}
+
+func randHex(nbytes int) string {
+	b := make([]byte, nbytes)
+	for i := range b {
+		b[i] = byte(rand.Uint32())
+	}
+	return hex.EncodeToString(b)
+}
+
+// jsonObject builds a flat JSON object from key, value pairs; values are
+// strings, int64/int, bool, or json.RawMessage-like []byte (inserted as is).
+func jsonObject(kv ...any) []byte {
+	var b strings.Builder
+	b.WriteByte('{')
+	for i := 0; i+1 < len(kv); i += 2 {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		b.WriteString(strconv.Quote(kv[i].(string)))
+		b.WriteByte(':')
+		switch v := kv[i+1].(type) {
+		case string:
+			writeJSONString(&b, v)
+		case int:
+			b.WriteString(strconv.Itoa(v))
+		case int64:
+			b.WriteString(strconv.FormatInt(v, 10))
+		case bool:
+			b.WriteString(strconv.FormatBool(v))
+		case []byte:
+			if len(v) == 0 {
+				b.WriteString("null")
+			} else {
+				b.Write(v)
+			}
+		default:
+			b.WriteString("null")
+		}
+	}
+	b.WriteByte('}')
+	return []byte(b.String())
+}
+
+func writeJSONString(b *strings.Builder, s string) {
+	q, _ := json.Marshal(s)
+	b.Write(q)
+}
