@@ -1,0 +1,166 @@
+package rabbit
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// brokerURL is the RabbitMQ the tests talk to.
+func brokerURL(t testing.TB) string {
+	t.Helper()
+	u := os.Getenv("SIPSIDE_DEV_AMQP_URL")
+	if u == "" {
+		t.Skip("RabbitMQ is not available; set SIPSIDE_DEV_AMQP_URL")
+	}
+	return u
+}
+
+// cutProxy forwards TCP to a real broker and can be cut like a dying server: the
+// listener closes and every connection through it is reset.
+type cutProxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []net.Conn
+	cut    bool
+}
+
+func newCutProxy(t testing.TB, target string) *cutProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{ln: ln, target: target}
+	go p.serve()
+	t.Cleanup(p.Cut)
+	return p
+}
+
+func (p *cutProxy) Addr() string { return p.ln.Addr().String() }
+
+func (p *cutProxy) serve() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		u, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		if p.cut {
+			p.mu.Unlock()
+			c.Close()
+			u.Close()
+			return
+		}
+		p.conns = append(p.conns, c, u)
+		p.mu.Unlock()
+		go func() { io.Copy(u, c); u.Close() }()
+		go func() { io.Copy(c, u); c.Close() }()
+	}
+}
+
+func (p *cutProxy) Cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cut = true
+	p.ln.Close()
+	for _, c := range p.conns {
+		if tc, ok := c.(*net.TCPConn); ok {
+			tc.SetLinger(0)
+		}
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// hostPort returns the host:port of an amqp URL.
+func hostPort(t testing.TB, u string) string {
+	t.Helper()
+	uri, err := amqp.ParseURI(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))
+}
+
+// withHost returns u pointed at addr (host:port), keeping credentials and vhost.
+func withHost(t testing.TB, u, addr string) string {
+	t.Helper()
+	uri, err := amqp.ParseURI(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, p, _ := net.SplitHostPort(addr)
+	uri.Host = h
+	uri.Port, _ = strconv.Atoi(p)
+	return uri.String()
+}
+
+// startManager runs a manager until the test ends and waits for it to connect.
+func startManager(t testing.TB, cfg Config) *Manager {
+	t.Helper()
+	if cfg.MinBackoff == 0 {
+		cfg.MinBackoff = 20 * time.Millisecond
+		cfg.MaxBackoff = 200 * time.Millisecond
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 2 * time.Second
+	}
+	m, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return m
+}
+
+// declareQueue makes a fresh exclusive-to-the-test queue and returns its name.
+func declareQueue(t testing.TB, u string, args amqp.Table) (string, *amqp.Channel) {
+	t.Helper()
+	conn, err := amqp.Dial(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := ch.QueueDeclare("", false, true, false, false, args)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q.Name, ch
+}
+
+// waitFor polls cond until it holds or the deadline passes.
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

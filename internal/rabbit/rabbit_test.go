@@ -1,0 +1,263 @@
+package rabbit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sipside/sipside/internal/metrics"
+)
+
+func TestNewRejectsBadConfig(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		urls []string
+		want string
+	}{
+		{"none", nil, "no broker URLs"},
+		{"scheme", []string{"http://127.0.0.1:5672/"}, "broker 1"},
+		{"second", []string{"amqp://127.0.0.1/", "amqp://h:notaport/"}, "broker 2"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := New(Config{URLs: tc.urls})
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestRedact(t *testing.T) {
+	got := Redact("amqps://user:secret@host:5671/vh")
+	if strings.Contains(got, "secret") || !strings.Contains(got, "user@host:5671/vh") {
+		t.Fatalf("Redact = %q", got)
+	}
+}
+
+func TestPublishOutcomes(t *testing.T) {
+	u := brokerURL(t)
+	m := startManager(t, Config{URLs: []string{u}, Name: "t-outcomes"})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	p, err := m.NewPublisher(ctx, PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, ch := declareQueue(t, u, nil)
+	full, _ := declareQueue(t, u, amqp.Table{"x-max-length": int32(1), "x-overflow": "reject-publish"})
+
+	// Fill the bounded queue so that the next publish to it is nacked.
+	if err := p.Publish(ctx, "", full, amqp.Publishing{Body: []byte("first")}); err != nil {
+		t.Fatalf("first publish to bounded queue: %v", err)
+	}
+	for _, tc := range []struct {
+		name, exchange, key string
+		want                error
+	}{
+		{"routed", "", q, nil},
+		{"unroutable", "amq.direct", "no-such-binding", ErrReturned},
+		{"nacked", "", full, ErrNacked},
+		{"no exchange", "sipside-test-missing-exchange", "k", ErrNoExchange},
+		{"routed after errors", "", q, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := p.Publish(ctx, tc.exchange, tc.key, amqp.Publishing{Body: []byte(tc.name)})
+			if !errors.Is(err, tc.want) {
+				t.Fatalf("Publish = %v, want %v", err, tc.want)
+			}
+		})
+	}
+	waitFor(t, 5*time.Second, "two messages in the queue", func() bool {
+		qi, err := ch.QueueDeclarePassive(q, false, true, false, false, nil)
+		return err == nil && qi.Messages == 2
+	})
+}
+
+// Routable and unroutable publishes interleaved from many goroutines: each gets its own
+// outcome, never its neighbour's.
+func TestPublishConcurrentMixed(t *testing.T) {
+	u := brokerURL(t)
+	reg := metrics.New()
+	m := startManager(t, Config{URLs: []string{u}, Name: "t-mixed", Metrics: reg})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	p, err := m.NewPublisher(ctx, PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, ch := declareQueue(t, u, nil)
+	const n = 400
+	var wg sync.WaitGroup
+	var routed atomic.Int64
+	errs := make(chan error, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			body := []byte(fmt.Sprintf("m%d", i))
+			if i%3 == 0 {
+				err := p.Publish(ctx, "amq.direct", "nowhere", amqp.Publishing{Body: body})
+				if !errors.Is(err, ErrReturned) {
+					errs <- fmt.Errorf("unroutable %d: %v", i, err)
+				}
+				return
+			}
+			if err := p.Publish(ctx, "", q, amqp.Publishing{Body: body}); err != nil {
+				errs <- fmt.Errorf("routable %d: %v", i, err)
+				return
+			}
+			routed.Add(1)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	waitFor(t, 5*time.Second, "all routed messages queued", func() bool {
+		qi, err := ch.QueueDeclarePassive(q, false, true, false, false, nil)
+		return err == nil && int64(qi.Messages) == routed.Load()
+	})
+}
+
+func TestPublishHonoursDeadlineWhenNoBroker(t *testing.T) {
+	ln := newCutProxy(t, "127.0.0.1:1") // nothing listens behind it
+	m := startManager(t, Config{URLs: []string{"amqp://guest:guest@" + ln.Addr() + "/"}, Name: "t-nobroker"})
+	p, err := m.NewPublisher(context.Background(), PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err = p.Publish(ctx, "", "q", amqp.Publishing{Body: []byte("x")})
+	if !errors.Is(err, ErrNotConnected) {
+		t.Fatalf("Publish = %v, want ErrNotConnected", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Publish took %v with a 300ms deadline", d)
+	}
+}
+
+// Cut the first broker's path mid-traffic: the manager fails over to the second URL,
+// re-runs hooks, and every publish that was confirmed is in the queue.
+func TestFailoverMidTraffic(t *testing.T) {
+	u := brokerURL(t)
+	target := hostPort(t, u)
+	a, b := newCutProxy(t, target), newCutProxy(t, target)
+	var hooks atomic.Int64
+	m := startManager(t, Config{
+		URLs: []string{withHost(t, u, a.Addr()), withHost(t, u, b.Addr())},
+		Name: "t-failover", Heartbeat: time.Second,
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := m.OnConnect(ctx, func(context.Context, *amqp.Connection) error { hooks.Add(1); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	p, err := m.NewPublisher(ctx, PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := m.Session(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(s.Broker, a.Addr()) {
+		t.Fatalf("connected to %s, want the first URL %s", s.Broker, a.Addr())
+	}
+	q, ch := declareQueue(t, u, nil)
+
+	var confirmed, failed atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+				err := p.Publish(pctx, "", q, amqp.Publishing{Body: []byte(fmt.Sprintf("w%d-%d", w, i))})
+				pcancel()
+				if err == nil {
+					confirmed.Add(1)
+				} else if errors.Is(err, ErrUnconfirmed) || errors.Is(err, ErrNotConnected) {
+					failed.Add(1)
+				} else {
+					t.Errorf("publish: unexpected %v", err)
+					return
+				}
+			}
+		}()
+	}
+	waitFor(t, 10*time.Second, "traffic before the cut", func() bool { return confirmed.Load() > 200 })
+	a.Cut()
+	before := confirmed.Load()
+	waitFor(t, 15*time.Second, "traffic after failover", func() bool { return confirmed.Load() > before+200 })
+	close(stop)
+	wg.Wait()
+	s, err = m.Session(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(s.Broker, b.Addr()) {
+		t.Fatalf("after the cut connected to %s, want the second URL %s", s.Broker, b.Addr())
+	}
+	if hooks.Load() < 2 {
+		t.Fatalf("hook ran %d times, want once per connection", hooks.Load())
+	}
+	qi, err := ch.QueueDeclarePassive(q, false, true, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Unconfirmed messages may or may not have arrived; confirmed ones must all be there.
+	if int64(qi.Messages) < confirmed.Load() || int64(qi.Messages) > confirmed.Load()+failed.Load() {
+		t.Fatalf("queue has %d messages; confirmed %d, unconfirmed %d", qi.Messages, confirmed.Load(), failed.Load())
+	}
+	t.Logf("confirmed %d, unconfirmed %d, queued %d", confirmed.Load(), failed.Load(), qi.Messages)
+}
+
+func TestDirectReplyTo(t *testing.T) {
+	u := brokerURL(t)
+	m := startManager(t, Config{URLs: []string{u}, Name: "t-reply"})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	replies := make(chan amqp.Delivery, 16)
+	p, err := m.NewPublisher(ctx, PublisherOptions{OnReply: func(d amqp.Delivery) { replies <- d }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, ch := declareQueue(t, u, nil)
+	reqs, err := ch.Consume(q, "", true, false, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for d := range reqs {
+			ch.Publish("", d.ReplyTo, false, false, amqp.Publishing{CorrelationId: d.CorrelationId, Body: append([]byte("re:"), d.Body...)})
+		}
+	}()
+	if err := p.Publish(ctx, "", q, amqp.Publishing{ReplyTo: DirectReplyTo, CorrelationId: "c1", Body: []byte("ping")}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case d := <-replies:
+		if d.CorrelationId != "c1" || string(d.Body) != "re:ping" {
+			t.Fatalf("reply %q %q", d.CorrelationId, d.Body)
+		}
+	case <-ctx.Done():
+		t.Fatal("no reply")
+	}
+}
