@@ -1,0 +1,534 @@
+package testenv_test
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sipside/sipside/testenv"
+)
+
+// The recordings of a real OpenSIPS 3.6.8 live beside the mi package's golden files.
+const osipsCaptures = "../mi/testdata/opensips/"
+
+// exchange is one request of a recording and the reply it got (nil: none).
+type exchange struct {
+	title string
+	req   []byte
+	reply []byte
+}
+
+// pyBytes decodes a Python bytes repr such as b'{"a":"\\n"}\n'.
+func pyBytes(t *testing.T, s string) []byte {
+	t.Helper()
+	s = strings.TrimSpace(s)
+	if !strings.HasPrefix(s, "b'") && !strings.HasPrefix(s, `b"`) {
+		t.Fatalf("not a bytes repr: %.40s", s)
+	}
+	s = s[2 : len(s)-1]
+	var b []byte
+	for i := 0; i < len(s); i++ {
+		if s[i] != '\\' {
+			b = append(b, s[i])
+			continue
+		}
+		i++
+		switch s[i] {
+		case 'n':
+			b = append(b, '\n')
+		case 'r':
+			b = append(b, '\r')
+		case 't':
+			b = append(b, '\t')
+		case 'x':
+			n, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
+			if err != nil {
+				t.Fatalf("bad \\x escape in %q", s)
+			}
+			b = append(b, byte(n))
+			i += 2
+		default:
+			b = append(b, s[i])
+		}
+	}
+	return b
+}
+
+// readTranscript parses the ">>>"/"<<<" blocks of a mi-0*-datagram capture.
+func readTranscript(t *testing.T, name string) []exchange {
+	t.Helper()
+	f, err := os.Open(osipsCaptures + name)
+	if err != nil {
+		t.Fatalf("recording: %v", err)
+	}
+	defer f.Close()
+	var (
+		out  []exchange
+		cur  *exchange
+		next string
+	)
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		switch {
+		case strings.HasPrefix(line, "### "):
+			out = append(out, exchange{title: line[4:]})
+			cur = &out[len(out)-1]
+		case strings.HasPrefix(line, ">>> "):
+			next = "req"
+		case strings.HasPrefix(line, "<<< "):
+			next = "reply"
+		case strings.HasPrefix(line, "    b'") && cur != nil && next != "":
+			if next == "req" {
+				cur.req = pyBytes(t, line)
+			} else {
+				cur.reply = pyBytes(t, line)
+			}
+			next = ""
+		}
+	}
+	return out
+}
+
+// volatile replaces what differs between runs: ttl countdowns, uptime, timestamps.
+var volatile = regexp.MustCompile(`"ttl":\d+|"core:timestamp":\d+|"(Now|Up since|Up time)":"[^"]*"`)
+
+func normalize(b []byte) []byte {
+	return volatile.ReplaceAllFunc(b, func(m []byte) []byte {
+		k, _, _ := bytes.Cut(m, []byte(":"))
+		return append(k, ":X"...)
+	})
+}
+
+// portMap moves the recording's listener ports to free ones of this test.
+type portMap struct{ old, new []string }
+
+func (p portMap) apply(b []byte) []byte {
+	for i := range p.old {
+		b = bytes.ReplaceAll(b, []byte("127.0.0.1:"+p.old[i]), []byte("127.0.0.1:"+p.new[i]))
+	}
+	return b
+}
+
+func udpListener(t *testing.T) *net.UDPConn {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func readDatagram(t *testing.T, c net.Conn, d time.Duration) []byte {
+	t.Helper()
+	buf := make([]byte, 1<<17)
+	_ = c.SetReadDeadline(time.Now().Add(d))
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("read from %s: %v", c.LocalAddr(), err)
+	}
+	return buf[:n]
+}
+
+// TestOpenSIPSReplaysDatagramRecording sends every request of the mi_datagram recording
+// and wants the recorded reply byte for byte, and the recorded event datagrams and
+// event_stream bytes at the subscribed listeners.
+func TestOpenSIPSReplaysDatagramRecording(t *testing.T) {
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{})
+	if o.Real {
+		t.Log("against a real OpenSIPS (OPENSIPS_BIN)")
+	}
+	udp := map[string]*net.UDPConn{}
+	var pm portMap
+	for _, p := range []string{"9001", "9002", "9003", "9004", "9005"} {
+		c := udpListener(t)
+		udp[p] = c
+		pm.old = append(pm.old, p)
+		pm.new = append(pm.new, strconv.Itoa(c.LocalAddr().(*net.UDPAddr).Port))
+	}
+	streams := map[string]chan []byte{}
+	for _, p := range []string{"9101", "9102"} {
+		l, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { l.Close() })
+		ch := make(chan []byte, 1)
+		streams[p] = ch
+		go func() {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			var got []byte
+			buf := make([]byte, 4096)
+			for {
+				_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				n, err := c.Read(buf)
+				got = append(got, buf[:n]...)
+				if err != nil {
+					ch <- got
+					return
+				}
+			}
+		}()
+		pm.old = append(pm.old, p)
+		pm.new = append(pm.new, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
+	}
+
+	mi, err := net.Dial("udp", o.MIUDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mi.Close()
+	exchanges := readTranscript(t, "mi-01-datagram-udp.txt")
+	if len(exchanges) < 40 {
+		t.Fatalf("read %d exchanges from the recording, want the 40+ it holds", len(exchanges))
+	}
+	for _, ex := range exchanges {
+		if ex.req == nil {
+			continue
+		}
+		if _, err := mi.Write(pm.apply(ex.req)); err != nil {
+			t.Fatal(err)
+		}
+		if ex.reply == nil {
+			// A notification gets no reply: the next request's reply must be the next datagram.
+			if _, err := mi.Write([]byte(`{"jsonrpc":"2.0","method":"version","id":"after-notification"}`)); err != nil {
+				t.Fatal(err)
+			}
+			if got := readDatagram(t, mi, 5*time.Second); !bytes.Contains(got, []byte("after-notification")) {
+				t.Errorf("%s: notification answered: %s", ex.title, got)
+			}
+			continue
+		}
+		got := readDatagram(t, mi, 5*time.Second)
+		want := pm.apply(ex.reply)
+		if ex.title == "uptime" || ex.title == "get_statistics" || strings.HasPrefix(ex.title, "subscribers_list") {
+			got, want = normalize(got), normalize(want)
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("%s:\n got %s\nwant %s", ex.title, got, want)
+		}
+	}
+
+	// what the listeners of the recording received (event-01-raise-event-payloads.txt)
+	wantDgrams := []string{
+		`{"jsonrpc":"2.0","method":"E_MY_EVENT","params":["a","b c","3"]}`,
+		`{"jsonrpc":"2.0","method":"E_MY_EVENT","params":["x","y"]}`,
+		`{"jsonrpc":"2.0","method":"E_MY_EVENT","params":{"k":"v","n":1,"o":"{\"x\":true}","z":"null"}}`,
+		`{"jsonrpc":"2.0","method":"E_MY_EVENT"}`,
+	}
+	for _, p := range []string{"9001", "9002", "9003", "9004"} {
+		for i, want := range wantDgrams {
+			if got := readDatagram(t, udp[p], 5*time.Second); string(got) != want {
+				t.Errorf("udp listener %s, event %d:\n got %s\nwant %s", p, i, got, want)
+			}
+		}
+	}
+	wantStream := strings.Join(wantDgrams, "")
+	for p, ch := range streams {
+		want := wantStream
+		if p == "9102" {
+			want = strings.ReplaceAll(want, "E_MY_EVENT", "my_method")
+		}
+		if got := <-ch; string(got) != want {
+			t.Errorf("tcp listener %s:\n got %s\nwant %s", p, got, want)
+		}
+	}
+}
+
+func TestOpenSIPSDatagramSizeLimit(t *testing.T) {
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{})
+	ev := udpListener(t)
+	mi, err := net.Dial("udp", o.MIUDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mi.Close()
+	call := func(req string) []byte {
+		t.Helper()
+		if _, err := mi.Write([]byte(req)); err != nil {
+			t.Fatal(err)
+		}
+		return readDatagram(t, mi, 5*time.Second)
+	}
+	sock := "udp:" + ev.LocalAddr().String()
+	if got := call(`{"jsonrpc":"2.0","method":"event_subscribe","id":1,"params":["E_MY_EVENT","` + sock + `",60]}`); string(got) != `{"jsonrpc":"2.0","result":"OK","id":1}` {
+		t.Fatalf("subscribe: %s", got)
+	}
+	const head = `{"jsonrpc":"2.0","method":"raise_event","id":1,"params":["E_MY_EVENT",["`
+	const tail = `"]]}`
+	for _, tc := range []struct {
+		size  int
+		reply string
+	}{
+		{1000, `{"jsonrpc":"2.0","result":"OK","id":1}`},
+		{65457, `{"jsonrpc":"2.0","result":"OK","id":1}`},
+		{65458, `400 Parse_error`},
+		{65507, `400 Parse_error`},
+	} {
+		req := head + strings.Repeat("x", tc.size-len(head)-len(tail)) + tail
+		if got := call(req); string(got) != tc.reply {
+			t.Errorf("request of %d bytes: got %q, want %q", tc.size, got, tc.reply)
+			continue
+		}
+		if tc.reply[0] == '{' {
+			if got := readDatagram(t, ev, 5*time.Second); len(got) != tc.size-23 {
+				t.Errorf("request of %d bytes: event of %d bytes, want %d", tc.size, len(got), tc.size-23)
+			}
+		}
+	}
+}
+
+func TestOpenSIPSUnixDatagram(t *testing.T) {
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{UnixMI: true})
+	local := filepath.Join(t.TempDir(), "c.sock")
+	c, err := net.DialUnix("unixgram", &net.UnixAddr{Name: local, Net: "unixgram"}, &net.UnixAddr{Name: o.MIUnix, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, ex := range readTranscript(t, "mi-04-datagram-unix.txt") {
+		if ex.req == nil || ex.reply == nil {
+			continue
+		}
+		if _, err := c.Write(ex.req); err != nil {
+			t.Fatal(err)
+		}
+		if got := readDatagram(t, c, 5*time.Second); !bytes.Equal(got, ex.reply) {
+			t.Errorf("%s:\n got %s\nwant %s", ex.title, got, ex.reply)
+		}
+	}
+}
+
+// httpExchanges are the mi_http requests of mi-03-http-and-fifo.txt that get a
+// complete reply, with the reply minus its Date header.
+func httpExchanges(t *testing.T) []exchange {
+	t.Helper()
+	b, err := os.ReadFile(osipsCaptures + "mi-03-http-and-fifo.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []exchange
+	var cur *exchange
+	for _, line := range strings.Split(string(b), "\n") {
+		switch {
+		case strings.HasPrefix(line, "### mi_http: "):
+			out = append(out, exchange{title: strings.TrimPrefix(line, "### ")})
+			cur = &out[len(out)-1]
+		case strings.HasPrefix(line, "### "):
+			cur = nil
+		case cur != nil && strings.HasPrefix(line, ">>> b"):
+			cur.req = pyBytes(t, line[4:])
+		case cur != nil && strings.HasPrefix(line, "<<< b"):
+			cur.reply = pyBytes(t, line[4:])
+		}
+	}
+	return out
+}
+
+var dateHeader = regexp.MustCompile(`Date: [^\r]*\r\n`)
+
+func TestOpenSIPSHTTPReplaysRecording(t *testing.T) {
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{HTTP: true})
+	port := strings.TrimPrefix(strings.TrimSuffix(o.HTTPURL, "/mi"), "http://127.0.0.1:")
+	for _, ex := range httpExchanges(t) {
+		t.Run(ex.title, func(t *testing.T) {
+			req := bytes.ReplaceAll(ex.req, []byte("127.0.0.1:8888"), []byte("127.0.0.1:"+port))
+			c, err := net.Dial("tcp", strings.TrimPrefix(strings.TrimSuffix(o.HTTPURL, "/mi"), "http://"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			if _, err := c.Write(req); err != nil {
+				t.Fatal(err)
+			}
+			hangs := bytes.HasSuffix(ex.reply, []byte("<timeout>"))
+			want := dateHeader.ReplaceAll(bytes.TrimSuffix(ex.reply, []byte("<timeout>")), nil)
+			if hangs {
+				// the head arrives, then nothing: read exactly the head and see the connection stay open
+				_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+				r := bufio.NewReader(c)
+				var head []byte
+				for !bytes.HasSuffix(head, []byte("\r\n\r\n")) {
+					line, err := r.ReadBytes('\n')
+					if err != nil {
+						t.Fatalf("head: %v (got %q)", err, head)
+					}
+					head = append(head, line...)
+				}
+				if got := dateHeader.ReplaceAll(head, nil); !bytes.Equal(got, want) {
+					t.Errorf("\n got %q\nwant %q", got, want)
+				}
+				return
+			}
+			_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+			got, err := io.ReadAll(c)
+			if err != nil {
+				t.Fatalf("read: %v", err)
+			}
+			if got = dateHeader.ReplaceAll(got, nil); !bytes.Equal(got, want) {
+				t.Errorf("\n got %q\nwant %q", got, want)
+			}
+		})
+	}
+	// net/http sees a well-formed answer too
+	resp, err := http.Post(o.HTTPURL, "application/json", strings.NewReader(`{"jsonrpc":"2.0","method":"version","id":1}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if body, _ := io.ReadAll(resp.Body); string(body) != `{"jsonrpc":"2.0","result":{"Server":"OpenSIPS (3.6.8 (x86_64/linux))"},"id":1}` {
+		t.Errorf("net/http: %s %s", resp.Status, body)
+	}
+}
+
+// fifoCall writes one line to the MI FIFO and reads the reply FIFO until the
+// reply is a whole JSON value or nothing more comes within wait.
+func fifoCall(t *testing.T, o *testenv.OpenSIPSServer, name, line string, wait time.Duration) []byte {
+	t.Helper()
+	path := filepath.Join(o.ReplyDir, name)
+	if err := syscall.Mkfifo(path, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(path)
+	r, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	w, err := os.OpenFile(o.FIFO, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.WriteString(line); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	_ = r.SetReadDeadline(time.Now().Add(wait))
+	var got []byte
+	buf := make([]byte, 65536)
+	for {
+		n, err := r.Read(buf)
+		got = append(got, buf[:n]...)
+		if err != nil || (len(got) > 0 && got[len(got)-1] == '}') {
+			return got
+		}
+	}
+}
+
+func TestOpenSIPSFIFO(t *testing.T) {
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{FIFO: true})
+	tests := []struct {
+		name, line, want string
+	}{
+		{"version", `:r1:{"jsonrpc":"2.0","method":"version","id":1}` + "\n", `{"jsonrpc":"2.0","result":{"Server":"OpenSIPS (3.6.8 (x86_64/linux))"},"id":1}`},
+		{"unknown", `:r2:{"jsonrpc":"2.0","method":"nope","id":2}` + "\n", `{"jsonrpc":"2.0","error":{"code":-32601,"message":"Method not found"},"id":2}`},
+		{"which", `:r3:{"jsonrpc":"2.0","method":"which","id":3}` + "\n", ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := fifoCall(t, o, strings.SplitN(tc.line, ":", 3)[1], tc.line, 5*time.Second)
+			if tc.want != "" && string(got) != tc.want {
+				t.Errorf("\n got %s\nwant %s", got, tc.want)
+			}
+			if tc.want == "" && !bytes.HasPrefix(got, []byte(`{"jsonrpc":"2.0","result":["get_statistics"`)) {
+				t.Errorf("got %.80s", got)
+			}
+		})
+	}
+	// malformed JSON and notifications get nothing; the next call still works
+	for _, line := range []string{`:r4:{"jsonrpc":` + "\n", `:r5:{"jsonrpc":"2.0","method":"version"}` + "\n"} {
+		w, err := os.OpenFile(o.FIFO, os.O_WRONLY, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprint(w, line)
+		w.Close()
+	}
+	if got := fifoCall(t, o, "r6", `:r6:{"jsonrpc":"2.0","method":"version","id":6}`+"\n", 5*time.Second); !bytes.HasSuffix(got, []byte(`"id":6}`)) {
+		t.Errorf("after silence: %s", got)
+	}
+}
+
+// TestOpenSIPSSubscriptionsAndRestart covers the API later packages build on: Raise
+// reaches subscribers, Subscriptions lists them, Restart forgets them.
+func TestOpenSIPSSubscriptionsAndRestart(t *testing.T) {
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{Events: []string{"E_SIPSIDE_TEST"}})
+	ev := udpListener(t)
+	mi, err := net.Dial("udp", o.MIUDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mi.Close()
+	sock := "udp:" + ev.LocalAddr().String()
+	if _, err := mi.Write([]byte(`{"jsonrpc":"2.0","method":"event_subscribe","id":1,"params":{"event":"E_SIPSIDE_TEST","socket":"` + sock + `","expire":30}}`)); err != nil {
+		t.Fatal(err)
+	}
+	if got := readDatagram(t, mi, 5*time.Second); string(got) != `{"jsonrpc":"2.0","result":"OK","id":1}` {
+		t.Fatalf("subscribe: %s", got)
+	}
+	subs := o.Subscriptions()
+	if len(subs) != 1 || subs[0].Event != "E_SIPSIDE_TEST" || subs[0].Socket != sock || subs[0].Expire != 30 || subs[0].TTL < 29 {
+		t.Fatalf("subscriptions: %+v", subs)
+	}
+	if err := o.Raise("E_SIPSIDE_TEST", `{"ip": "10.0.0.1", "n": 2}`); err != nil {
+		t.Fatal(err)
+	}
+	if got := readDatagram(t, ev, 5*time.Second); string(got) != `{"jsonrpc":"2.0","method":"E_SIPSIDE_TEST","params":{"ip":"10.0.0.1","n":2}}` {
+		t.Errorf("event: %s", got)
+	}
+	if err := o.Raise("E_NOT_PUBLISHED", ""); err == nil {
+		t.Error("raising an unpublished event worked")
+	}
+	o.Restart()
+	if subs := o.Subscriptions(); len(subs) != 0 {
+		t.Errorf("after restart: %+v", subs)
+	}
+}
+
+func TestOpenSIPSArrayParamsBug(t *testing.T) {
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{ArrayParamsBug: true})
+	if o.Real {
+		t.Skip("the emulator's reproduction of a 3.6.8 bug")
+	}
+	ev := udpListener(t)
+	mi, err := net.Dial("udp", o.MIUDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mi.Close()
+	for _, req := range []string{
+		`{"jsonrpc":"2.0","method":"event_subscribe","id":1,"params":["E_MY_EVENT","udp:` + ev.LocalAddr().String() + `"]}`,
+		`{"jsonrpc":"2.0","method":"raise_event","id":1,"params":{"event":"E_MY_EVENT","params":"{\"k\":\"v w\",\"n\":1}"}}`,
+		`{"jsonrpc":"2.0","method":"raise_event","id":1,"params":["E_MY_EVENT",["a","b"]]}`,
+	} {
+		if _, err := mi.Write([]byte(req)); err != nil {
+			t.Fatal(err)
+		}
+		readDatagram(t, mi, 5*time.Second)
+	}
+	for _, want := range []string{
+		`{"jsonrpc":"2.0","method":"E_MY_EVENT","params":{"k":"v w","n":1}}`,
+		`{"jsonrpc":"2.0","method":"E_MY_EVENT","params":{"":"a","":"b"}}`,
+	} {
+		if got := readDatagram(t, ev, 5*time.Second); string(got) != want {
+			t.Errorf("\n got %s\nwant %s", got, want)
+		}
+	}
+}
