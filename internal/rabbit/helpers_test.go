@@ -5,23 +5,22 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sipside/sipside/testenv"
 )
 
-// brokerURL is the RabbitMQ the tests talk to.
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// brokerURL is the shared RabbitMQ node of this test binary.
 func brokerURL(t testing.TB) string {
 	t.Helper()
-	u := os.Getenv("SIPSIDE_DEV_AMQP_URL")
-	if u == "" {
-		t.Skip("RabbitMQ is not available; set SIPSIDE_DEV_AMQP_URL")
-	}
-	return u
+	return testenv.SharedRabbitMQ(t).URL
 }
 
 // cutProxy forwards TCP to a real broker and can be cut like a dying server: the

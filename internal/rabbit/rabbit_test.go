@@ -13,6 +13,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sipside/sipside/internal/metrics"
+	"github.com/sipside/sipside/testenv"
 )
 
 func TestNewRejectsBadConfig(t *testing.T) {
@@ -259,5 +260,99 @@ func TestDirectReplyTo(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("no reply")
+	}
+}
+
+// Two real nodes: stop the first mid-traffic; publishes carry on through the second and
+// every confirmed message is found afterwards on one node or the other.
+func TestFailoverTwoNodes(t *testing.T) {
+	if testing.Short() {
+		t.Skip("boots a private RabbitMQ node")
+	}
+	b := testenv.SharedRabbitMQ(t)
+	a := testenv.NewRabbitMQ(t, testenv.RabbitOptions{Name: "failover-a"})
+	const queue = "sipside-failover-test"
+	m := startManager(t, Config{URLs: []string{a.URL, b.URL}, Name: "t-2nodes", Heartbeat: time.Second})
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer cancel()
+	// The queue is topology: the hook declares it on whichever node we reach.
+	if _, err := m.OnConnect(ctx, func(_ context.Context, conn *amqp.Connection) error {
+		ch, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		_, err = ch.QueueDeclare(queue, true, false, false, false, nil)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := m.NewPublisher(ctx, PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var confirmed, unconfirmed atomic.Int64
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				pctx, pcancel := context.WithTimeout(ctx, 10*time.Second)
+				err := p.Publish(pctx, "", queue, amqp.Publishing{DeliveryMode: amqp.Persistent, Body: []byte("x")})
+				pcancel()
+				switch {
+				case err == nil:
+					confirmed.Add(1)
+				case errors.Is(err, ErrUnconfirmed), errors.Is(err, ErrNotConnected):
+					unconfirmed.Add(1)
+				default:
+					t.Errorf("publish: %v", err)
+					return
+				}
+			}
+		}()
+	}
+	waitFor(t, 20*time.Second, "traffic on node A", func() bool { return confirmed.Load() > 300 })
+	if err := a.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	atStop := confirmed.Load()
+	waitFor(t, 30*time.Second, "traffic on node B", func() bool { return confirmed.Load() > atStop+300 })
+	close(stop)
+	wg.Wait()
+	if s := m.Current(); s == nil || !strings.Contains(s.Broker, itoa(b.Port)) {
+		t.Fatalf("not on node B after the stop: %+v", s)
+	}
+	if err := a.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	count := func(u string) int64 {
+		conn, err := amqp.Dial(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		ch, err := conn.Channel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		qi, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ch.QueuePurge(queue, false)
+		return int64(qi.Messages)
+	}
+	onA, onB := count(a.URL), count(b.URL)
+	t.Logf("confirmed %d, unconfirmed %d; on A %d, on B %d", confirmed.Load(), unconfirmed.Load(), onA, onB)
+	if onA+onB < confirmed.Load() {
+		t.Fatalf("lost confirmed messages: confirmed %d, found %d", confirmed.Load(), onA+onB)
 	}
 }
