@@ -103,6 +103,10 @@ func parseConfig(name, src string) (*Config, error) {
 		if errors.As(err, &pe) {
 			return nil, &ConfigError{File: name, Line: pe.Position.Line, Err: errors.New(strings.TrimSpace(firstLine(pe.Message)))}
 		}
+		if m := decodeErrRe.FindStringSubmatch(err.Error()); m != nil {
+			line, _ := strconv.Atoi(m[1])
+			return nil, &ConfigError{File: name, Line: line, Key: m[2], Err: errors.New(m[3])}
+		}
 		return nil, &ConfigError{File: name, Err: err}
 	}
 	if und := md.Undecoded(); len(und) > 0 {
@@ -225,6 +229,8 @@ func parseLevel(s string) (slog.Level, error) {
 }
 
 var (
+	// decodeErrRe picks the line and key out of BurntSushi/toml's type errors.
+	decodeErrRe = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): (.*)$`)
 	headerRe = regexp.MustCompile(`^\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?`)
 	keyRe    = regexp.MustCompile(`^\s*([A-Za-z0-9_\-]+)\s*=`)
 )

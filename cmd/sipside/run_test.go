@@ -1,0 +1,269 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sipside/sipside/testenv"
+)
+
+// daemonProc is `sipside run` started as a process.
+type daemonProc struct {
+	cmd    *exec.Cmd
+	lines  chan string // stdout, line by line
+	stderr *lockedBuffer
+	done   chan error
+}
+
+func startDaemon(t *testing.T, args ...string) *daemonProc {
+	t.Helper()
+	cmd := exec.Command(sipsideBinary(t), append([]string{"run"}, args...)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &daemonProc{cmd: cmd, lines: make(chan string, 1000), stderr: &lockedBuffer{}, done: make(chan error, 1)}
+	cmd.Stderr = d.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			d.lines <- sc.Text()
+		}
+		close(d.lines)
+	}()
+	go func() { d.done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		if cmd.ProcessState == nil {
+			cmd.Process.Kill()
+			<-d.done
+		}
+		if t.Failed() {
+			t.Logf("sipside stderr:\n%s", d.stderr)
+		}
+	})
+	return d
+}
+
+func (d *daemonProc) waitLog(t *testing.T, substr string) {
+	t.Helper()
+	checkFor(t, 10*time.Second, "log line "+strconv.Quote(substr), func() bool { return strings.Contains(d.stderr.String(), substr) })
+}
+
+func (d *daemonProc) nextLine(t *testing.T) string {
+	t.Helper()
+	select {
+	case l, ok := <-d.lines:
+		if !ok {
+			t.Fatal("stdout closed")
+		}
+		return l
+	case <-time.After(10 * time.Second):
+		t.Fatal("no stdout line within 10s")
+	}
+	return ""
+}
+
+func checkFor(t testing.TB, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func recordedDatagrams(t *testing.T) [][]byte {
+	t.Helper()
+	data, err := os.ReadFile("../../evi/testdata/opensips-event-datagrams.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out [][]byte
+	for _, line := range strings.Split(string(data), "\n") {
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		_, h, _ := strings.Cut(line, " ")
+		b, err := hex.DecodeString(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, b)
+	}
+	return out
+}
+
+func metricValue(t *testing.T, url, series string) float64 {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(body), "\n") {
+		if strings.HasPrefix(line, series+" ") {
+			v, _ := strconv.ParseFloat(strings.TrimPrefix(line, series+" "), 64)
+			return v
+		}
+	}
+	return -1
+}
+
+// TestRunEndToEnd starts `sipside run` as an operator does, sends it the
+// datagrams a real OpenSIPS 3.6.8 sent, and checks stdout, /metrics,
+// SIGHUP and SIGTERM.
+func TestRunEndToEnd(t *testing.T) {
+	udpPort := testenv.FreePort(t, "udp", "127.0.0.1")
+	httpPort := testenv.FreePort(t, "tcp", "127.0.0.1")
+	input := fmt.Sprintf("udp:127.0.0.1:%d", udpPort)
+	cfgPath := filepath.Join(t.TempDir(), "sipside.toml")
+	writeCfg := func(extra string) {
+		cfg := fmt.Sprintf("[http]\nlisten = \"127.0.0.1:%d\"\n[[input]]\nlisten = %q\n%s", httpPort, input, extra)
+		if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeCfg("")
+	d := startDaemon(t, "-c", cfgPath)
+	d.waitLog(t, "input listening")
+
+	conn, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", udpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sent := recordedDatagrams(t)
+	for _, b := range sent {
+		if _, err := conn.Write(b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, b := range sent {
+		line := d.nextLine(t)
+		var got struct {
+			Event    string          `json:"event"`
+			Params   json.RawMessage `json:"params"`
+			Received string          `json:"received"`
+			Source   string          `json:"source"`
+		}
+		if err := json.Unmarshal([]byte(line), &got); err != nil {
+			t.Fatalf("line %d is not JSON: %v\n%s", i, err, line)
+		}
+		var want struct {
+			Method string          `json:"method"`
+			Params json.RawMessage `json:"params"`
+		}
+		json.Unmarshal(b, &want)
+		if got.Event != want.Method || !bytes.Equal(got.Params, want.Params) || got.Source != input {
+			t.Errorf("line %d = %s\nfrom datagram %s", i, line, b)
+		}
+		if _, err := time.Parse(time.RFC3339Nano, got.Received); err != nil {
+			t.Errorf("received %q: %v", got.Received, err)
+		}
+	}
+	// Duplicate empty keys (OpenSIPS 3.6.8's raise_event bug) come out as sent.
+	if !bytes.Contains(sent[len(sent)-1], []byte(`{"":"a","":"b"}`)) {
+		t.Fatal("testdata lost the duplicate-key datagram")
+	}
+
+	for _, bad := range [][]byte{[]byte("garbage"), []byte(`{"jsonrpc":"2.0"}`), bytes.Repeat([]byte{0xff}, 65000)} {
+		conn.Write(bad)
+	}
+	conn.Write([]byte(`{"jsonrpc":"2.0","method":"E_AFTER_BAD"}`))
+	if l := d.nextLine(t); !strings.Contains(l, `"event":"E_AFTER_BAD"`) {
+		t.Errorf("after bad input: %s", l)
+	}
+	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", httpPort)
+	if v := metricValue(t, metrics, fmt.Sprintf(`sipside_events_received_total{input=%q}`, input)); v != float64(len(sent)+1) {
+		t.Errorf("received_total = %v, want %d", v, len(sent)+1)
+	}
+	if v := metricValue(t, metrics, fmt.Sprintf(`sipside_events_invalid_total{input=%q}`, input)); v != 3 {
+		t.Errorf("invalid_total = %v, want 3", v)
+	}
+	if v := metricValue(t, metrics, "go_goroutines"); v <= 0 {
+		t.Errorf("go_goroutines = %v", v)
+	}
+	resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/healthz", httpPort))
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("/healthz: %v %v", resp, err)
+	}
+	resp.Body.Close()
+
+	// SIGHUP with a bad file: refused, old config keeps working.
+	writeCfg("[log]\nlevel = \"loud\"\n")
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitLog(t, "config reload refused")
+	conn.Write([]byte(`{"jsonrpc":"2.0","method":"E_STILL_HERE"}`))
+	if l := d.nextLine(t); !strings.Contains(l, "E_STILL_HERE") {
+		t.Errorf("after refused reload: %s", l)
+	}
+
+	// SIGHUP with a good file that routes only E_KEEP_* to stdout.
+	writeCfg("[[route]]\nevents = [\"E_KEEP_*\"]\nto = \"stdout:\"\n")
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitLog(t, "config reloaded")
+	conn.Write([]byte(`{"jsonrpc":"2.0","method":"E_DROP_ME"}`))
+	conn.Write([]byte(`{"jsonrpc":"2.0","method":"E_KEEP_ME"}`))
+	if l := d.nextLine(t); !strings.Contains(l, "E_KEEP_ME") {
+		t.Errorf("after reload: %s", l)
+	}
+	checkFor(t, 5*time.Second, "unmatched counted", func() bool {
+		return metricValue(t, metrics, "sipside_events_unmatched_total") == 1
+	})
+
+	start := time.Now()
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.done:
+		if err != nil {
+			t.Errorf("exit after SIGTERM: %v", err)
+		}
+		if el := time.Since(start); el > 5*time.Second {
+			t.Errorf("took %v to stop", el)
+		}
+	case <-time.After(6 * time.Second):
+		t.Fatal("still running 6s after SIGTERM")
+	}
+	if !regexp.MustCompile(`msg="sipside stopped"`).MatchString(d.stderr.String()) {
+		t.Errorf("no clean stop log line")
+	}
+}
+
+// Two sipside on one port: the second says what is wrong and exits 1.
+func TestRunPortInUse(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	cfg := filepath.Join(t.TempDir(), "c.toml")
+	os.WriteFile(cfg, []byte(fmt.Sprintf("[http]\nlisten = \"off\"\n[[input]]\nlisten = \"udp:%s\"\n", pc.LocalAddr())), 0o644)
+	out, err := exec.Command(sipsideBinary(t), "run", "-c", cfg).CombinedOutput()
+	var ee *exec.ExitError
+	if !errors.As(err, &ee) || ee.ExitCode() != exitFailure || !strings.Contains(string(out), "address already in use") {
+		t.Errorf("err=%v out=%s", err, out)
+	}
+}
