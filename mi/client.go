@@ -163,9 +163,15 @@ func (c *Client) noReply(ctx context.Context, start time.Time, err error) error 
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return fmt.Errorf("%s: call cancelled after %s: %w", c.name, time.Since(start).Round(time.Millisecond), ctx.Err())
 	}
-	d := time.Since(start).Round(time.Millisecond)
+	d := time.Since(start)
 	if dl, ok := ctx.Deadline(); ok {
-		d = dl.Sub(start).Round(time.Millisecond)
+		d = dl.Sub(start)
+	}
+	// the caller set a round figure a moment before start: show that figure
+	if d < time.Second {
+		d = d.Round(10 * time.Millisecond)
+	} else {
+		d = d.Round(100 * time.Millisecond)
 	}
 	return fmt.Errorf("no reply from %s within %s: %s: %w", c.name, d, c.hint(), err)
 }

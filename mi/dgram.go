@@ -206,8 +206,14 @@ func readDatagram(conn net.Conn, buf []byte) (int, bool, error) {
 // can only be given to a call when exactly one is waiting.
 func (d *dgram) dispatch(p *fastjson.Parser, body []byte) {
 	v, err := p.ParseBytes(body)
-	var id uint32
-	known := false
+	if err != nil && parseStatusLine(body) == nil {
+		d.drop("malformed", body)
+		return
+	}
+	var (
+		id    uint32
+		known bool
+	)
 	if err == nil {
 		if iv := v.Get("id"); iv != nil && iv.Type() == fastjson.TypeNumber {
 			if n, err := iv.Uint(); err == nil && n <= 0xffffffff {
@@ -226,10 +232,8 @@ func (d *dgram) dispatch(p *fastjson.Parser, body []byte) {
 	}
 	d.mu.Unlock()
 	if ch == nil {
-		reason := "unknown_id"
-		if err != nil && parseStatusLine(body) == nil {
-			reason = "malformed"
-		} else if !known {
+		reason := "unknown_id" // late (its call timed out) or never ours
+		if !known {
 			reason = "no_id"
 		}
 		d.drop(reason, body)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -64,21 +65,30 @@ func (f *fifo) roundTrip(ctx context.Context, id uint32, method string, params [
 	}
 	stop := context.AfterFunc(ctx, func() { _ = rf.SetReadDeadline(time.Unix(1, 0)) })
 	defer stop()
-	var (
-		buf = make([]byte, 0, 4096)
-		tmp = make([]byte, 64<<10)
-	)
+	body, err := readFIFOReply(rf)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("read reply FIFO %s: %w", path, err)
+	}
+	return body, nil
+}
+
+// readFIFOReply reads until the bytes form one complete reply: the proxy may write it
+// in several chunks (mi_fifo streams big replies) and, with our own write end open,
+// the read never ends with EOF.
+func readFIFOReply(r io.Reader) ([]byte, error) {
+	buf := make([]byte, 0, 4096)
+	tmp := make([]byte, 64<<10)
 	for {
-		n, err := rf.Read(tmp)
+		n, err := r.Read(tmp)
 		buf = append(buf, tmp[:n]...)
 		if n > 0 && complete(buf) {
 			return buf, nil
 		}
 		if err != nil {
-			if ctx.Err() != nil {
-				return nil, ctx.Err()
-			}
-			return nil, fmt.Errorf("read reply FIFO %s: %w", path, err)
+			return nil, err
 		}
 	}
 }

@@ -167,24 +167,45 @@ func (h *httpTransport) exchange(ctx context.Context, conn net.Conn, req []byte)
 		return nil, false, false, h.ioError(ctx, "send to", err)
 	}
 	cr := &countingReader{r: conn}
-	resp, err := http.ReadResponse(bufio.NewReader(cr), nil)
+	body, closeConn, err := readHTTPReply(bufio.NewReader(cr))
 	if err != nil {
 		if cr.n == 0 && errors.Is(err, io.EOF) {
 			return nil, false, false, fmt.Errorf("%s closed the connection without a reply: %w", h.addr, err)
 		}
+		var se *statusError
+		if errors.As(err, &se) {
+			return nil, false, true, fmt.Errorf("HTTP %s from %s: is %s the MI path? (%q)", se.status, h.addr, h.u.Path, clip(se.body, 80))
+		}
 		return nil, false, cr.n > 0, h.ioError(ctx, "read reply from", err)
+	}
+	return body, h.keepAlive && !closeConn, true, nil
+}
+
+// statusError is an HTTP reply that carries no JSON-RPC answer.
+type statusError struct {
+	status string
+	body   []byte
+}
+
+func (e *statusError) Error() string { return "HTTP " + e.status }
+
+// readHTTPReply reads one HTTP reply. JSON-RPC answers come with 200 (OpenSIPS) or
+// with the fault in the status line (Kamailio "500 Method Not Found"); other replies
+// mean a wrong URL or method.
+func readHTTPReply(br *bufio.Reader) (body []byte, closeConn bool, err error) {
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return nil, false, err
 	}
 	defer resp.Body.Close()
 	body, err = io.ReadAll(io.LimitReader(resp.Body, maxHTTPReply))
 	if err != nil {
-		return nil, false, true, h.ioError(ctx, "read reply body from", err)
+		return nil, false, err
 	}
-	// JSON-RPC replies come with 200 (OpenSIPS) or with the fault in the status line
-	// (Kamailio "500 Method Not Found"); other statuses mean a wrong URL or method.
 	if resp.StatusCode != http.StatusOK && !strings.HasPrefix(strings.TrimSpace(string(body)), "{") {
-		return nil, false, true, fmt.Errorf("HTTP %s from %s: is %s the MI path? (%q)", resp.Status, h.addr, h.u.Path, clip(body, 80))
+		return nil, true, &statusError{status: resp.Status, body: body}
 	}
-	return body, h.keepAlive && !resp.Close, true, nil
+	return body, resp.Close, nil
 }
 
 func (h *httpTransport) ioError(ctx context.Context, what string, err error) error {
