@@ -250,10 +250,10 @@ func StartKamailio(ctx context.Context, cfg KamailioConfig) (*Kamailio, error) {
 		if err == nil {
 			return k, nil
 		}
+		k.mu.Lock()
+		_ = k.stopLocked(5 * time.Second)
+		k.mu.Unlock()
 		if attempt >= 3 || !strings.Contains(logTail(k.Log, 50), "Address already in use") {
-			k.mu.Lock()
-			k.stopLocked(5 * time.Second)
-			k.mu.Unlock()
 			return nil, err // dir kept for post-mortem; Main removes it
 		}
 		slog.Info("testenv: kamailio port taken meanwhile, retrying with new ports", "name", k.Name, "attempt", attempt)
@@ -381,6 +381,9 @@ func (k *Kamailio) Restart(ctx context.Context) error {
 	}
 	return nil
 }
+
+// LogTail returns the last n lines of the node's log, to explain a failure in a test message.
+func (k *Kamailio) LogTail(n int) string { return logTail(k.Log, n) }
 
 // Running reports whether the node's main process has not exited.
 func (k *Kamailio) Running() bool {

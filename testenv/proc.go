@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -50,7 +51,9 @@ func startProc(name string, cmd *exec.Cmd, logPath string) (*proc, error) {
 	go func() {
 		p.err = cmd.Wait()
 		// Nothing of the group may outlive its leader: a stray child would keep the ports.
+		// Wait until the group is gone, so a restart on the same ports finds them free.
 		_ = syscall.Kill(-p.pgid, syscall.SIGKILL)
+		waitGroupGone(p.pgid, 10*time.Second)
 		unregister(p)
 		close(p.done)
 	}()
@@ -94,6 +97,46 @@ func (p *proc) kill() {
 	}
 	_ = syscall.Kill(-p.pgid, syscall.SIGKILL)
 	<-p.done
+}
+
+// waitGroupGone polls /proc until no live (non-zombie) process is in group pgid: SIGKILL is
+// asynchronous, and a dying child still holds its sockets.
+func waitGroupGone(pgid int, timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for groupAlive(pgid) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func groupAlive(pgid int) bool {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		// No procfs: fall back to the kernel's answer, which counts zombies as members.
+		return syscall.Kill(-pgid, 0) == nil
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+		if err != nil {
+			continue
+		}
+		// Fields after the parenthesised command: state ppid pgrp …
+		i := bytes.LastIndexByte(b, ')')
+		if i < 0 {
+			continue
+		}
+		f := strings.Fields(string(b[i+1:]))
+		if len(f) < 3 || f[0] == "Z" || f[0] == "X" {
+			continue
+		}
+		if g, err := strconv.Atoi(f[2]); err == nil && g == pgid {
+			return true
+		}
+	}
+	return false
 }
 
 // logTail returns the last n lines of a log file, for error messages that explain a failed start.

@@ -81,8 +81,8 @@ var shared struct {
 }
 
 // SharedRabbitMQ returns the node shared by all tests of this binary, starting it on first use;
-// Main closes it. Tests must not stop it: use NewRabbitMQ or StartRabbitMQ for a node to break.
-// If a test stopped it anyway, it is started again here.
+// Main closes it. Tests must not stop it, since tests run in parallel use it: break a node of
+// your own (NewRabbitMQ, StartRabbitMQ) instead.
 func SharedRabbitMQ(t testing.TB) *RabbitMQ {
 	t.Helper()
 	shared.once.Do(func() {
@@ -100,11 +100,8 @@ func SharedRabbitMQ(t testing.TB) *RabbitMQ {
 		t.Fatalf("testenv: shared RabbitMQ: %v", shared.err)
 	}
 	if !shared.r.Running() {
-		ctx, cancel := context.WithTimeout(context.Background(), rabbitStartTimeout)
-		defer cancel()
-		if err := shared.r.Start(ctx); err != nil {
-			t.Fatalf("testenv: restarting the shared RabbitMQ a test stopped: %v", err)
-		}
+		t.Fatalf("testenv: the shared RabbitMQ %s is not running: a test stopped or killed it (use NewRabbitMQ for that); log:\n%s",
+			shared.r.NodeName, shared.r.LogTail(20))
 	}
 	return shared.r
 }
@@ -333,6 +330,9 @@ func (r *RabbitMQ) Kill() error {
 	}
 	return nil
 }
+
+// LogTail returns the last n lines of the node's console log.
+func (r *RabbitMQ) LogTail(n int) string { return logTail(r.Log, n) }
 
 // Running reports whether the node's VM has not exited.
 func (r *RabbitMQ) Running() bool {

@@ -1,0 +1,90 @@
+#!/bin/sh
+# Installs the real parts the integration tests start (Kamailio 5.6 + modules, RabbitMQ, SIPp)
+# on Debian 12. Idempotent: does nothing when everything is installed, so `make test` can call it
+# on every run, as any user. Installing needs root.
+#
+# The tests start their own private nodes on loopback (testenv), so the system services these
+# packages bring must not run: they would hold ports 5060/5672 and eat CPU in CI. They are kept
+# from starting during the install (policy-rc.d) and disabled afterwards.
+set -eu
+
+PACKAGES="kamailio kamailio-json-modules kamailio-kazoo-modules kamailio-rabbitmq-modules
+kamailio-extra-modules kamailio-utils-modules rabbitmq-server sip-tester"
+SERVICES="kamailio rabbitmq-server"
+
+missing=""
+for p in $PACKAGES; do
+	if [ "$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)" != "installed" ]; then
+		missing="$missing $p"
+	fi
+done
+if [ -z "$missing" ]; then
+	exit 0
+fi
+echo "testenv/install.sh: installing:$missing"
+
+if [ "$(id -u)" -ne 0 ]; then
+	echo "testenv/install.sh: need root to install:$missing" >&2
+	echo "  run: sudo $0   (or: apt-get install -y$missing)" >&2
+	exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+	echo "testenv/install.sh: no apt-get; install by hand:$missing" >&2
+	exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+APT="apt-get -o DPkg::Lock::Timeout=600 -y"
+
+# Only refresh the package lists when apt does not know a package we need (fresh image,
+# lists removed to slim it down).
+need_update=""
+for p in $missing; do
+	cand=$(apt-cache policy "$p" 2>/dev/null | awk '/Candidate:/ {print $2}')
+	if [ -z "$cand" ] || [ "$cand" = "(none)" ]; then
+		need_update=1
+	fi
+done
+if [ -n "$need_update" ]; then
+	$APT update
+fi
+
+# Which services exist before the install: those we leave as the admin set them up.
+preexisting=""
+for s in $SERVICES; do
+	if [ -e "/lib/systemd/system/$s.service" ] || [ -e "/etc/init.d/$s" ]; then
+		preexisting="$preexisting $s"
+	fi
+done
+
+# policy-rc.d exit 101 = "action forbidden": invoke-rc.d/deb-systemd-invoke start nothing.
+# Keep an existing one (Docker images ship one), remove ours on any exit.
+ours_policy=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+	printf '#!/bin/sh\n# testenv/install.sh: keep services from starting during the install\nexit 101\n' >/usr/sbin/policy-rc.d
+	chmod 755 /usr/sbin/policy-rc.d
+	ours_policy=1
+fi
+cleanup() {
+	if [ -n "$ours_policy" ]; then
+		rm -f /usr/sbin/policy-rc.d
+	fi
+}
+trap cleanup EXIT INT TERM
+
+# shellcheck disable=SC2086 # word splitting of the package list is intended
+$APT install $missing
+
+for s in $SERVICES; do
+	case " $preexisting " in *" $s "*) continue ;; esac
+	if [ -d /run/systemd/system ]; then
+		systemctl disable --now "$s" >/dev/null 2>&1 || true
+	elif [ -x "/etc/init.d/$s" ]; then
+		"/etc/init.d/$s" stop >/dev/null 2>&1 || true
+		update-rc.d "$s" disable >/dev/null 2>&1 || true
+	fi
+done
+# The packaged rabbitmq-server may have started a system-wide epmd on 4369; the tests use their
+# own epmd per node, so it only matters when it was started by this install, which policy-rc.d
+# prevents. Nothing else to stop.
+echo "testenv/install.sh: done; system services of kamailio and rabbitmq-server are not running"
