@@ -1,0 +1,134 @@
+package mi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sipside/sipside/testenv"
+)
+
+var shared struct {
+	once sync.Once
+	k    *testenv.Kamailio
+	err  error
+}
+
+// sharedKamailio starts one real Kamailio for all tests of the package; testenv.Main
+// stops it when they end.
+func sharedKamailio(t testing.TB) *testenv.Kamailio {
+	t.Helper()
+	shared.once.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		shared.k, shared.err = testenv.StartKamailio(ctx, testenv.KamailioConfig{Name: "mi"})
+	})
+	if errors.Is(shared.err, testenv.ErrNotInstalled) {
+		testenv.Missing(t, "kamailio ("+shared.err.Error()+")", "apt-get install -y kamailio kamailio-json-modules")
+	}
+	if shared.err != nil {
+		t.Fatalf("testenv: %v", shared.err)
+	}
+	return shared.k
+}
+
+func kamailioTargets(k *testenv.Kamailio) map[string]string {
+	return map[string]string{"udp": k.MITargetUDP(), "http": k.MITargetHTTP(), "fifo": k.MITargetFIFO()}
+}
+
+func TestKamailio(t *testing.T) {
+	k := sharedKamailio(t)
+	for _, tr := range []string{"udp", "http", "fifo"} {
+		t.Run(tr, func(t *testing.T) {
+			c := newClient(t, kamailioTargets(k)[tr], Options{})
+			key := "k-" + tr
+			for _, tc := range []miCase{
+				{name: "no params", method: "core.version", want: `"kamailio 5.6.3 (x86_64/linux) "`},
+				{name: "positional", method: "core.echo", params: []any{"a b", 7}, want: `["a b","7"]`},
+				{name: "set", method: "htable.sets", params: []string{"t", key, "v, w: x"}, want: `"Ok. Key set to new value."`},
+				{name: "named, values taken in order", method: "htable.get", params: Named{{"htable", "t"}, {"key", key}}, want: `{"item":{"name":"` + key + `","value":"v, w: x","flags":2,"expire":"NEVER"}}`},
+				{name: "one-key map", method: "htable.dump", params: map[string]string{"htable": "t"}, want: `[...`},
+				{name: "unknown method", method: "no.such_method", errCode: 500, errText: "no.such_method: 500 Method Not Found"},
+				{name: "wrong params", method: "htable.sets", params: []string{"t"}, errCode: 500, errText: "Not enough parameters (htable name, key name and value)"},
+				{name: "command error", method: "htable.get", params: []string{"t", "nosuchkey"}, errCode: 500, errText: "Key name doesn't exist in htable."},
+			} {
+				checkCall(t, c, tc)
+			}
+		})
+	}
+}
+
+// TestKamailioBigReply fills the htable until htable.dump is over 64 KB: jsonrpcs
+// cannot send that in one UDP datagram and sends nothing, so the UDP call ends in a
+// timeout that says why; HTTP and FIFO carry it whole.
+func TestKamailioBigReply(t *testing.T) {
+	k := sharedKamailio(t)
+	ctx := context.Background()
+	c := newClient(t, k.MITargetHTTP(), Options{})
+	value := strings.Repeat("v", 200)
+	const n = 400
+	for i := range n {
+		if _, err := c.Call(ctx, "htable.sets", []string{"t", fmt.Sprintf("big-%04d", i), value}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer func() {
+		for i := range n {
+			_, _ = c.Call(ctx, "htable.delete", []string{"t", fmt.Sprintf("big-%04d", i)})
+		}
+	}()
+	for _, tr := range []string{"http", "fifo"} {
+		cc := newClient(t, kamailioTargets(k)[tr], Options{})
+		r, err := cc.Call(ctx, "htable.dump", []string{"t"})
+		if err != nil {
+			t.Fatalf("%s: %v", tr, err)
+		}
+		if len(r.Raw()) < 65507 || !strings.Contains(r.String(), `"big-0399"`) {
+			t.Fatalf("%s: dump of %d bytes, want all of it (over 65507)", tr, len(r.Raw()))
+		}
+	}
+	udp := newClient(t, k.MITargetUDP(), Options{Timeout: time.Second})
+	_, err := udp.Call(ctx, "htable.dump", []string{"t"})
+	if err == nil || !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "nor replies over 65507 bytes") {
+		t.Fatalf("udp: %v", err)
+	}
+	// the socket is still good
+	if _, err := udp.Call(ctx, "core.version", nil); err != nil {
+		t.Fatalf("udp after the lost reply: %v", err)
+	}
+}
+
+// TestKamailioConcurrentDatagrams has 64 callers share one UDP socket.
+func TestKamailioConcurrentDatagrams(t *testing.T) {
+	k := sharedKamailio(t)
+	c := newClient(t, k.MITargetUDP(), Options{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 64)
+	for g := range 64 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 10 {
+				want := fmt.Sprintf(`["g%d-%d"]`, g, i)
+				r, err := c.Call(context.Background(), "core.echo", []string{fmt.Sprintf("g%d-%d", g, i)})
+				if err != nil {
+					errs <- err
+					return
+				}
+				if r.String() != want {
+					errs <- fmt.Errorf("got %s, want %s", r, want)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+}
