@@ -10,7 +10,9 @@ set -eu
 
 PACKAGES="kamailio kamailio-json-modules kamailio-kazoo-modules kamailio-rabbitmq-modules
 kamailio-extra-modules kamailio-utils-modules rabbitmq-server sip-tester"
-SERVICES="kamailio rabbitmq-server"
+# epmd.socket: Debian's erlang-base starts a system-wide epmd on 4369 by socket activation; the
+# tests run a private epmd per RabbitMQ node and do not need it.
+SERVICES="kamailio rabbitmq-server epmd.socket epmd"
 
 missing=""
 for p in $PACKAGES; do
@@ -52,7 +54,9 @@ fi
 # Which services exist before the install: those we leave as the admin set them up.
 preexisting=""
 for s in $SERVICES; do
-	if [ -e "/lib/systemd/system/$s.service" ] || [ -e "/etc/init.d/$s" ]; then
+	unit=$s
+	case $s in *.*) ;; *) unit=$s.service ;; esac
+	if [ -e "/lib/systemd/system/$unit" ] || [ -e "/etc/init.d/$s" ]; then
 		preexisting="$preexisting $s"
 	fi
 done
@@ -84,7 +88,4 @@ for s in $SERVICES; do
 		update-rc.d "$s" disable >/dev/null 2>&1 || true
 	fi
 done
-# The packaged rabbitmq-server may have started a system-wide epmd on 4369; the tests use their
-# own epmd per node, so it only matters when it was started by this install, which policy-rc.d
-# prevents. Nothing else to stop.
 echo "testenv/install.sh: done; system services of kamailio and rabbitmq-server are not running"

@@ -150,6 +150,20 @@ func (k *Kamailio) MITargetUDP() string {
 // MITargetFIFO is the mi package's address of the node's jsonrpcs FIFO.
 func (k *Kamailio) MITargetFIFO() string { return "kamailio:fifo:" + k.FIFO }
 
+// MITarget is the mi package's address for transport "http", "udp" or "fifo", for tests
+// that run over a table of transports.
+func (k *Kamailio) MITarget(transport string) string {
+	switch transport {
+	case "http":
+		return k.MITargetHTTP()
+	case "udp":
+		return k.MITargetUDP()
+	case "fifo":
+		return k.MITargetFIFO()
+	}
+	panic("testenv: MITarget: unknown transport " + strconv.Quote(transport) + " (want http, udp or fifo)")
+}
+
 // SIPAddr is host:port of the SIP listener (udp and tcp).
 func (k *Kamailio) SIPAddr() string { return net.JoinHostPort(k.Addr, strconv.Itoa(k.SIPPort)) }
 
@@ -204,9 +218,6 @@ func StartKamailio(ctx context.Context, cfg KamailioConfig) (*Kamailio, error) {
 		return nil, fmt.Errorf("kamailio %s: temp dir: %w", cfg.Name, err)
 	}
 	registerDir(dir)
-	// Kamailio may run as another user than the one who made the dir (it does not here, but a
-	// template may set user=): let it create its sockets and FIFOs there.
-	_ = os.Chmod(dir, 0o777)
 
 	k := &Kamailio{
 		Name:       cfg.Name,

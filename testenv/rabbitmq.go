@@ -296,6 +296,8 @@ func (r *RabbitMQ) Start(ctx context.Context) error {
 		case <-p.done:
 			return fmt.Errorf("rabbitmq %s exited during startup (%v); see %s:\n%s", r.NodeName, p.err, r.Log, logTail(r.Log, 30))
 		case <-ctx.Done():
+			// A half-booted node would confuse the next Start: leave it stopped.
+			p.kill()
 			return fmt.Errorf("rabbitmq %s: no AMQP handshake on %s before the deadline (last error: %v); see %s:\n%s",
 				r.NodeName, r.URL, lastErr, r.Log, logTail(r.Log, 30))
 		case <-tick.C:
