@@ -1,0 +1,126 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+
+	"github.com/sipside/sipside/mi"
+	"github.com/sipside/sipside/testenv"
+)
+
+func TestMIParams(t *testing.T) {
+	tests := []struct {
+		args    []string
+		want    any
+		wantErr string
+	}{
+		{args: nil, want: nil},
+		{args: []string{"E_MY_EVENT", "udp:127.0.0.1:9000", "120"}, want: []any{"E_MY_EVENT", "udp:127.0.0.1:9000", json.Number("120")}},
+		{args: []string{"event=E_PIKE_BLOCKED", "socket=udp:127.0.0.1:8090", "expire=120"}, want: mi.Named{{Name: "event", Value: "E_PIKE_BLOCKED"}, {Name: "socket", Value: "udp:127.0.0.1:8090"}, {Name: "expire", Value: json.Number("120")}}},
+		{args: []string{`expire="120"`, `n=-3`, `z=007`, `big=12345678901`}, want: mi.Named{{Name: "expire", Value: "120"}, {Name: "n", Value: json.Number("-3")}, {Name: "z", Value: "007"}, {Name: "big", Value: "12345678901"}}},
+		{args: []string{`event=E`, `params:=["a","b"]`}, want: mi.Named{{Name: "event", Value: "E"}, {Name: "params", Value: json.RawMessage(`["a","b"]`)}}},
+		{args: []string{`E`, `:={"k":1}`}, want: []any{"E", json.RawMessage(`{"k":1}`)}},
+		{args: []string{"a=b=c"}, want: mi.Named{{Name: "a", Value: "b=c"}}},
+		{args: []string{"=x", "k v=1"}, want: []any{"=x", "k v=1"}},
+		{args: []string{"a=1", "b"}, wantErr: "mix of named"},
+		{args: []string{"p:=[1,"}, wantErr: "not valid JSON"},
+	}
+	for _, tc := range tests {
+		got, err := miParams(tc.args)
+		if tc.wantErr != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("%q: err = %v, want %q", tc.args, err, tc.wantErr)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%q: %v", tc.args, err)
+			continue
+		}
+		if !reflect.DeepEqual(got, tc.want) {
+			t.Errorf("%q:\n got %#v\nwant %#v", tc.args, got, tc.want)
+		}
+	}
+}
+
+func runMI(t *testing.T, environ map[string]string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb lockedBuffer
+	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: func(k string) string { return environ[k] }}
+	code = cmdMI(context.Background(), e, args)
+	return code, out.String(), errb.String()
+}
+
+func TestCmdMIOpenSIPS(t *testing.T) {
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{Events: []string{"E_PIKE_BLOCKED"}})
+	target := o.Target("udp")
+	closed := func() string {
+		c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		return c.LocalAddr().String()
+	}()
+	cfg := filepath.Join(t.TempDir(), "sipside.toml")
+	if err := os.WriteFile(cfg, []byte("[mi]\ntarget = \""+target+"\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		env        map[string]string
+		args       []string
+		code       int
+		stdout     string // exact
+		stderrPart string
+	}{
+		{name: "version", args: []string{"-t", target, "version"}, stdout: "{\n  \"Server\": \"OpenSIPS (3.6.8 (x86_64/linux))\"\n}\n"},
+		{name: "named subscribe", args: []string{"-t", target, "event_subscribe", "event=E_PIKE_BLOCKED", "socket=udp:127.0.0.1:8090", "expire=120"}, stdout: "\"OK\"\n"},
+		{name: "target from SIPSIDE_MI", env: map[string]string{"SIPSIDE_MI": target}, args: []string{"subscribers_list", "E_PIKE_BLOCKED", "udp:127.0.0.1:8090"}, stdout: "{\n  \"Event\": {\n    \"name\": \"E_PIKE_BLOCKED\",\n    \"id\": 17,\n    \"Subscriber\": {\n      \"socket\": \"udp:127.0.0.1:8090\",\n      \"expire\": 120,\n      \"ttl\": 120\n    }\n  }\n}\n"},
+		{name: "target from config", args: []string{"-c", cfg, "--params", `["E_PIKE_BLOCKED","udp:127.0.0.1:8090",0]`, "event_subscribe"}, stdout: "\"OK\"\n"},
+		{name: "-t beats SIPSIDE_MI", env: map[string]string{"SIPSIDE_MI": "opensips:udp:" + closed}, args: []string{"-t", target, "version"}, stdout: "{\n  \"Server\": \"OpenSIPS (3.6.8 (x86_64/linux))\"\n}\n"},
+		{name: "proxy error", args: []string{"-t", target, "no_such_cmd"}, code: 1, stderrPart: "sipside mi: no_such_cmd: -32601 Method not found"},
+		{name: "proxy error with data", args: []string{"-t", target, "version", "x", "y"}, code: 1, stderrPart: "version: -32602 Invalid params: Too few or too many parameters"},
+		{name: "quoted number is a string", args: []string{"-t", target, "event_subscribe", "E_PIKE_BLOCKED", "udp:127.0.0.1:8091", `"-5"`}, code: 1, stderrPart: "Negative expire value"},
+		{name: "nobody there", args: []string{"-t", "opensips:udp:" + closed, "version"}, code: 2, stderrPart: "connection refused by " + closed},
+		{name: "bad target", args: []string{"-t", "opensips:tcp:1.2.3.4:5", "version"}, code: 2, stderrPart: `unknown transport "tcp"`},
+		{name: "no method", args: []string{"-t", target}, code: 2, stderrPart: "no METHOD given"},
+		{name: "mixed params", args: []string{"-t", target, "event_subscribe", "E", "socket=x"}, code: 2, stderrPart: "mix of named"},
+		{name: "params twice", args: []string{"-t", target, "--params", "[]", "version", "x"}, code: 2, stderrPart: "not both"},
+		{name: "help", args: []string{"--help"}, code: 0, stderrPart: "Usage: sipside mi"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := runMI(t, tc.env, tc.args...)
+			if code != tc.code {
+				t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", code, tc.code, stdout, stderr)
+			}
+			if tc.code == 0 && tc.stdout != "" && stdout != tc.stdout && !(strings.Contains(tc.stdout, `"ttl"`) && strings.Replace(stdout, `"ttl": 119`, `"ttl": 120`, 1) == tc.stdout) {
+				t.Errorf("stdout:\n%s\nwant:\n%s", stdout, tc.stdout)
+			}
+			if !strings.Contains(stderr, tc.stderrPart) {
+				t.Errorf("stderr %q, want it to contain %q", stderr, tc.stderrPart)
+			}
+		})
+	}
+}
+
+func TestCmdMIKamailio(t *testing.T) {
+	k := testenv.NewKamailio(t, testenv.KamailioConfig{Name: "cmdmi"})
+	for _, target := range []string{k.MITargetHTTP(), k.MITargetUDP(), k.MITargetFIFO()} {
+		code, stdout, stderr := runMI(t, nil, "-t", target, "core.version")
+		if code != 0 || stdout != "\"kamailio 5.6.3 (x86_64/linux) \"\n" {
+			t.Errorf("%s: exit %d, stdout %q, stderr %q", target, code, stdout, stderr)
+		}
+		code, _, stderr = runMI(t, nil, "-t", target, "htable.get", "t", "nosuchkey")
+		if code != 1 || !strings.Contains(stderr, "htable.get: 500 Key name doesn't exist in htable.") {
+			t.Errorf("%s: exit %d, stderr %q", target, code, stderr)
+		}
+	}
+}
