@@ -1,0 +1,70 @@
+package dmq
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+func TestConfigValidate(t *testing.T) {
+	good := Config{Listen: "sip:127.0.0.1:5090", Seeds: []string{"sip:127.0.0.2:5060"}}
+	tests := []struct {
+		name string
+		mod  func(*Config)
+		want string // "" = valid
+	}{
+		{"defaults", func(*Config) {}, ""},
+		{"no seeds", func(c *Config) { c.Seeds = nil }, "dmq.seeds: name at least one"},
+		{"seed is self", func(c *Config) { c.Seeds = []string{"sip:127.0.0.1:5090"} }, "own listen address"},
+		{"seed without port", func(c *Config) { c.Seeds = []string{"sip:127.0.0.2"} }, "add the port"},
+		{"seed host name", func(c *Config) { c.Seeds = []string{"sip:kam.example.com:5060"} }, "use an IP address"},
+		{"seed tcp", func(c *Config) { c.Seeds = []string{"sip:127.0.0.2:5060;transport=tcp"} }, "only UDP"},
+		{"listen host name", func(c *Config) { c.Listen = "sip:localhost:5090" }, "not a host name"},
+		{"listen garbage", func(c *Config) { c.Listen = "127.0.0.1:5090" }, "sip: scheme"},
+		{"listen user", func(c *Config) { c.Listen = "sip:x@127.0.0.1:5090" }, "without a user part"},
+		{"ping", func(c *Config) { c.PingInterval = time.Millisecond }, "ping_interval"},
+		{"peer", func(c *Config) { c.Peers = []string{"presence"} }, `unknown peer "presence"`},
+		{"timers", func(c *Config) { c.T1 = time.Second; c.T2 = time.Millisecond }, "t1 <= t2"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := good
+			c.Seeds = append([]string(nil), good.Seeds...)
+			tc.mod(&c)
+			err := c.Validate()
+			if tc.want == "" {
+				if err != nil {
+					t.Fatalf("Validate: %v", err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Validate = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestConfigTOML(t *testing.T) {
+	var c Config
+	_, err := toml.Decode(`
+listen = "sip:127.0.0.1:5090"
+seeds = ["sip:127.0.0.2:5060", "sip:127.0.0.3:5060"]
+ping_interval = "5s"
+peers = ["htable"]
+htables = ["repl"]
+timeout = "10s"
+`, &c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	c = c.withDefaults()
+	if c.PingInterval != 5*time.Second || c.Timeout != 10*time.Second || c.T1 != 500*time.Millisecond || len(c.Seeds) != 2 {
+		t.Fatalf("decoded %+v", c)
+	}
+}
