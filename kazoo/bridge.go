@@ -1,0 +1,237 @@
+// Package kazoo is sipside's AMQP bridge for routing scripts: a JSON-RPC server that
+// OpenSIPS (jsonrpc module) and Kamailio (jsonrpcc, janssonrpcc, http_client) call to
+// publish with broker confirms, to run a query with a correlated reply, and to ack
+// consumed messages; and consumers that hand messages to the proxy (OpenSIPS MI
+// raise_event, Kamailio evapi).
+//
+// Unlike Kamailio's kazoo module, a query's waiter is registered before the request is
+// published, so an instant reply is never lost.
+package kazoo
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/sipside/sipside/internal/metrics"
+	"github.com/sipside/sipside/internal/rabbit"
+)
+
+// Options are the non-config inputs of a Bridge.
+type Options struct {
+	Logger  *slog.Logger
+	Metrics *metrics.Registry
+	// Version is sent as App-Version in Kazoo mode.
+	Version string
+	// NewDeliverer builds the deliverer of a consume.deliver string; nil uses
+	// DefaultDeliverer (OpenSIPS MI raise_event, Kamailio evapi).
+	NewDeliverer func(target string, opts Options) (Deliverer, error)
+}
+
+// Bridge is the running AMQP bridge.
+type Bridge struct {
+	cfg  Config
+	opts Options
+	log  *slog.Logger
+	reg  *metrics.Registry
+
+	mgr *rabbit.Manager
+	pub *rabbit.Publisher
+	q   *querier
+
+	consumers []*consumer
+	acks      *ackTable
+	disp      *dispatcher
+	srv       *server
+}
+
+// New checks cfg (after filling defaults) and builds the bridge; nothing connects
+// until Run.
+func New(cfg Config, opts Options) (*Bridge, error) {
+	cfg.SetDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	opts.Metrics = metrics.OrNew(opts.Metrics)
+	if opts.Version == "" {
+		opts.Version = "dev"
+	}
+	if opts.NewDeliverer == nil {
+		opts.NewDeliverer = DefaultDeliverer
+	}
+	tlsCfg, err := loadTLS(cfg.AMQP)
+	if err != nil {
+		return nil, err
+	}
+	b := &Bridge{cfg: cfg, opts: opts, log: opts.Logger.With("component", "kazoo"), reg: opts.Metrics}
+	b.mgr, err = rabbit.New(rabbit.Config{
+		URLs:      cfg.AMQP.Brokers,
+		Heartbeat: cfg.AMQP.Heartbeat.Std(),
+		TLS:       tlsCfg,
+		Name:      "kazoo",
+		Logger:    opts.Logger,
+		Metrics:   opts.Metrics,
+	})
+	if err != nil {
+		return nil, err
+	}
+	b.q = newQuerier(b)
+	b.acks = newAckTable(b.reg)
+	for i, cc := range cfg.AMQP.Consume {
+		d, err := opts.NewDeliverer(cc.Deliver, opts)
+		if err != nil {
+			return nil, fmt.Errorf("amqp.consume[%d].deliver: %w", i, err)
+		}
+		b.consumers = append(b.consumers, newConsumer(b, i, cc, d))
+	}
+	b.disp = b.newDispatcher()
+	if len(cfg.JSONRPC.Listen) > 0 {
+		b.srv, err = newServer(b, cfg.JSONRPC)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+func loadTLS(a AMQPConfig) (*tls.Config, error) {
+	if a.TLSCA == "" && a.TLSCert == "" {
+		return nil, nil
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS12}
+	if a.TLSCA != "" {
+		pem, err := os.ReadFile(a.TLSCA)
+		if err != nil {
+			return nil, fmt.Errorf("amqp.tls_ca: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("amqp.tls_ca: %s holds no PEM certificate", a.TLSCA)
+		}
+	}
+	if a.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(a.TLSCert, a.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("amqp.tls_cert/tls_key: %w", err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+// Run connects to the broker, starts the consumers and the JSON-RPC listeners, and
+// returns when ctx ends (nil) or a listener cannot start (error).
+func (b *Bridge) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, ctx := errgroup.WithContext(ctx)
+	var err error
+	// Hooks are registered before the manager connects, so the first connection
+	// already carries the publisher, the reply consumer and every consumer.
+	b.pub, err = b.mgr.NewPublisher(ctx, rabbit.PublisherOptions{OnReply: b.q.onDirectReply, Label: "kazoo"})
+	if err != nil {
+		return err
+	}
+	defer b.pub.Close()
+	if b.cfg.AMQP.Kazoo {
+		if _, err := b.mgr.OnConnect(ctx, b.q.declareTargeted); err != nil {
+			return err
+		}
+	}
+	for _, c := range b.consumers {
+		if _, err := b.mgr.OnConnect(ctx, c.setup); err != nil {
+			return err
+		}
+	}
+	if b.srv != nil {
+		if err := b.srv.listen(); err != nil {
+			return err
+		}
+		g.Go(func() error { return b.srv.serve(ctx) })
+	}
+	g.Go(func() error { return b.mgr.Run(ctx) })
+	g.Go(func() error { b.acks.expire(ctx); return nil })
+	return g.Wait()
+}
+
+// Ready waits until the broker connection is up.
+func (b *Bridge) Ready(ctx context.Context) error {
+	_, err := b.mgr.Session(ctx)
+	return err
+}
+
+// Addrs returns the JSON-RPC listeners' actual addresses by kind (useful with port 0).
+func (b *Bridge) Addrs() map[string]string {
+	if b.srv == nil {
+		return nil
+	}
+	return b.srv.addrs()
+}
+
+// PublishRequest is one amqp.publish.
+type PublishRequest struct {
+	Exchange, RoutingKey string
+	Body                 []byte
+	ContentType          string
+	Headers              amqp.Table
+	Persistent           bool
+}
+
+// Publish sends r and returns once the broker confirmed it. In Kazoo mode a JSON
+// object body gets Msg-ID, Server-ID, Node, App-Name and App-Version, and the Msg-ID is
+// returned.
+func (b *Bridge) Publish(ctx context.Context, r PublishRequest) (msgID string, err error) {
+	if b.pub == nil {
+		return "", errors.New("kazoo: bridge is not running (call Run first)")
+	}
+	body := r.Body
+	if b.cfg.AMQP.Kazoo {
+		body, msgID, err = b.q.kazooFields(body)
+		if err != nil {
+			return "", err
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, b.cfg.AMQP.PublishTimeout.Std())
+	defer cancel()
+	return msgID, b.pub.Publish(ctx, r.Exchange, r.RoutingKey, publishing(r, body))
+}
+
+func publishing(r PublishRequest, body []byte) amqp.Publishing {
+	p := amqp.Publishing{ContentType: r.ContentType, Headers: r.Headers, Body: body, Timestamp: time.Now()}
+	if p.ContentType == "" {
+		p.ContentType = "application/json"
+	}
+	if r.Persistent {
+		p.DeliveryMode = amqp.Persistent
+	}
+	return p
+}
+
+// newUUID returns a random (version 4) UUID, the form Kazoo uses for Msg-ID.
+func newUUID() string {
+	var u [16]byte
+	_, _ = rand.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40
+	u[8] = u[8]&0x3f | 0x80
+	const hex = "0123456789abcdef"
+	b := make([]byte, 0, 36)
+	for i, c := range u {
+		if i == 4 || i == 6 || i == 8 || i == 10 {
+			b = append(b, '-')
+		}
+		b = append(b, hex[c>>4], hex[c&0xf])
+	}
+	return string(b)
+}

@@ -1,0 +1,149 @@
+package kazoo
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/sipside/sipside/mi"
+)
+
+// DefaultDeliverer builds the deliverer for a consume.deliver string:
+// opensips:… (an mi target: MI raise_event) or evapi:HOST:PORT (Kamailio evapi).
+func DefaultDeliverer(target string, opts Options) (Deliverer, error) {
+	if err := checkDeliver(target); err != nil {
+		return nil, err
+	}
+	if addr, ok := strings.CutPrefix(target, "evapi:"); ok {
+		return &EvapiDeliverer{Addr: addr}, nil
+	}
+	c, err := mi.New(target, mi.Options{Metrics: opts.Metrics, Logger: opts.Logger})
+	if err != nil {
+		return nil, err
+	}
+	return &RaiseEventDeliverer{Client: c}, nil
+}
+
+// MICaller is the part of mi.Client the OpenSIPS deliverer uses.
+type MICaller interface {
+	Call(ctx context.Context, method string, params any) (mi.Result, error)
+}
+
+// RaiseEventDeliverer raises the consumer's event in OpenSIPS with MI raise_event, so
+// that event_route[E_…] runs. Like rabbitmq_consumer, the body arrives as the string
+// param "body"; sipside adds exchange, routing_key and, in script ack mode, id.
+type RaiseEventDeliverer struct {
+	Client MICaller
+}
+
+// Deliver calls raise_event. OpenSIPS takes the params as a string holding a JSON
+// object (a plain object is refused).
+func (r *RaiseEventDeliverer) Deliver(ctx context.Context, m *Message) error {
+	p := append([]byte(nil), `{"body":`...)
+	p = appendString(p, string(m.Body))
+	p = append(p, `,"exchange":`...)
+	p = appendString(p, m.Exchange)
+	p = append(p, `,"routing_key":`...)
+	p = appendString(p, m.RoutingKey)
+	if m.AckID != "" {
+		p = append(p, `,"id":`...)
+		p = appendString(p, m.AckID)
+	}
+	p = append(p, '}')
+	_, err := r.Client.Call(ctx, "raise_event", mi.Named{{Name: "event", Value: m.Event}, {Name: "params", Value: string(p)}})
+	if err != nil {
+		return fmt.Errorf("raise_event %s: %w (is the event declared in the script, e.g. by an event_route[%s]?)", m.Event, err, m.Event)
+	}
+	return nil
+}
+
+// evapiMaxFrame: Kamailio's evapi reads into a 32 KB buffer; a bigger frame is lost.
+const evapiMaxFrame = 32768 - 16
+
+// EvapiDeliverer writes each message as one netstring frame to Kamailio's evapi port,
+// where event_route[evapi:message-received] sees it in $evapi(msg):
+// {"event":E,"exchange":X,"routing_key":K,"id":ACKID,"body":BODY}, BODY as JSON when
+// it is JSON, else as a string. evapi sends no acknowledgement: a message counts as
+// delivered once written.
+type EvapiDeliverer struct {
+	Addr string
+
+	mu   sync.Mutex
+	conn net.Conn
+}
+
+// Deliver writes one frame, reconnecting once if the connection was lost.
+func (e *EvapiDeliverer) Deliver(ctx context.Context, m *Message) error {
+	p := append([]byte(nil), `{"event":`...)
+	p = appendString(p, m.Event)
+	p = append(p, `,"exchange":`...)
+	p = appendString(p, m.Exchange)
+	p = append(p, `,"routing_key":`...)
+	p = appendString(p, m.RoutingKey)
+	if m.AckID != "" {
+		p = append(p, `,"id":`...)
+		p = appendString(p, m.AckID)
+	}
+	p = append(p, `,"body":`...)
+	p = append(p, jsonOrString(m.Body)...)
+	p = append(p, '}')
+	if len(p) > evapiMaxFrame {
+		return fmt.Errorf("evapi %s: message of %d bytes exceeds evapi's 32 KB buffer; it would be lost", e.Addr, len(p))
+	}
+	frame := appendNetstring(nil, p)
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for attempt := 0; ; attempt++ {
+		if e.conn == nil {
+			var d net.Dialer
+			c, err := d.DialContext(ctx, "tcp", e.Addr)
+			if err != nil {
+				return fmt.Errorf("evapi %s: %w (is Kamailio's evapi bind_addr this address?)", e.Addr, err)
+			}
+			e.conn = c
+			// Kamailio writes to us too (evapi_relay); nobody reads it here, so drain it
+			// to keep the socket from filling and to notice a close.
+			go drain(c)
+		}
+		deadline, ok := ctx.Deadline()
+		if !ok {
+			deadline = time.Now().Add(deliverTimeout)
+		}
+		e.conn.SetWriteDeadline(deadline)
+		// One write per frame: evapi drops a frame whose length prefix is split.
+		_, err := e.conn.Write(frame)
+		if err == nil {
+			return nil
+		}
+		e.conn.Close()
+		e.conn = nil
+		if attempt > 0 || ctx.Err() != nil {
+			return fmt.Errorf("evapi %s: %w", e.Addr, err)
+		}
+	}
+}
+
+func drain(c net.Conn) {
+	buf := make([]byte, 4096)
+	for {
+		if _, err := c.Read(buf); err != nil {
+			c.Close()
+			return
+		}
+	}
+}
+
+// Close closes the evapi connection.
+func (e *EvapiDeliverer) Close() error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.conn != nil {
+		err := e.conn.Close()
+		e.conn = nil
+		return err
+	}
+	return nil
+}

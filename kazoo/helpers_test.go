@@ -1,0 +1,237 @@
+package kazoo
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/valyala/fastjson"
+
+	"github.com/sipside/sipside/internal/metrics"
+	"github.com/sipside/sipside/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+var quiet = slog.New(slog.DiscardHandler)
+
+// testExchange is a topic exchange the tests publish and query through.
+const testExchange = "sipside_kazoo_test"
+
+// brokerURL returns the shared RabbitMQ, with the test exchange declared.
+func brokerURL(t testing.TB) string {
+	t.Helper()
+	u := testenv.SharedRabbitMQ(t).URL
+	conn, err := amqp.Dial(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.ExchangeDeclare(testExchange, "topic", false, false, false, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	return u
+}
+
+// startBridge runs a bridge with all three listeners on free loopback ports until the
+// test ends, and waits for its broker connection.
+func startBridge(t testing.TB, u string, edit func(*Config), opts Options) (*Bridge, *metrics.Registry) {
+	t.Helper()
+	cfg := Config{}
+	cfg.AMQP.Brokers = []string{u}
+	cfg.JSONRPC.Listen = []string{"tcp:127.0.0.1:0", "netstring:127.0.0.1:0", "http://127.0.0.1:0"}
+	if edit != nil {
+		edit(&cfg)
+	}
+	if opts.Logger == nil {
+		opts.Logger = quiet
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New()
+	}
+	b, err := New(cfg, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer rcancel()
+	if err := b.Ready(rctx); err != nil {
+		t.Fatal(err)
+	}
+	// Listeners start in Run; wait for them.
+	waitFor(t, 5*time.Second, "listeners", func() bool { return len(b.Addrs()) == len(cfg.JSONRPC.Listen) })
+	return b, opts.Metrics
+}
+
+// responder answers requests on testExchange/key: direct-reply-to style (ReplyTo +
+// CorrelationId), or Kazoo style (reply on targeted/Server-ID with the Msg-ID) when
+// kazoo is set. It answers at once, which is what broke Kamailio's kazoo module.
+// The reply body echoes the request's "q" member. With twice, every reply is sent
+// twice (the second matches no waiter any more).
+type responder struct {
+	kazoo, twice bool
+	requests     sync.Map // body "q" → count
+}
+
+func startResponder(t testing.TB, u, key string, r *responder) {
+	t.Helper()
+	conn, err := amqp.Dial(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(q.Name, key, testExchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		var p fastjson.Parser
+		for d := range ds {
+			v, err := p.ParseBytes(d.Body)
+			if err != nil {
+				continue
+			}
+			qv := string(v.GetStringBytes("q"))
+			var body []byte
+			exchange, rk := "", d.ReplyTo
+			if r.kazoo {
+				exchange, rk = TargetedExchange, string(v.GetStringBytes("Server-ID"))
+				body = []byte(`{"Event-Category":"sipcmd","Event-Name":"query_resp","Msg-ID":` + strconv.Quote(string(v.GetStringBytes("Msg-ID"))) + `,"Result":{"echo":` + strconv.Quote(qv) + `}}`)
+			} else {
+				body = []byte(`{"echo":` + strconv.Quote(qv) + `}`)
+			}
+			n := 1
+			if r.twice {
+				n = 2
+			}
+			for range n {
+				ch.Publish(exchange, rk, false, false, amqp.Publishing{CorrelationId: d.CorrelationId, ContentType: "application/json", Body: body})
+			}
+		}
+	}()
+}
+
+// rawCall speaks like OpenSIPS's jsonrpc_request: new connection, raw JSON, no
+// half-close, read until one complete JSON value.
+func rawCall(t testing.TB, addr string, req string) string {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write([]byte(req)); err != nil {
+		t.Fatal(err)
+	}
+	return readJSONValue(t, c)
+}
+
+func readJSONValue(t testing.TB, c net.Conn) string {
+	t.Helper()
+	var buf []byte
+	tmp := make([]byte, 4096)
+	for {
+		n, err := c.Read(tmp)
+		buf = append(buf, tmp[:n]...)
+		if k, _ := scanJSON(buf); k > 0 {
+			return string(bytes.TrimSpace(buf[:k]))
+		}
+		if err != nil {
+			if err == io.EOF && len(buf) == 0 {
+				return ""
+			}
+			t.Fatalf("read: %v after %q", err, buf)
+		}
+	}
+}
+
+// nsConn is a jsonrpcc/janssonrpcc-style persistent netstring connection.
+type nsConn struct {
+	c net.Conn
+	r *netstringReader
+}
+
+func dialNetstring(t testing.TB, addr string) *nsConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &nsConn{c: c, r: &netstringReader{r: bufio.NewReader(c), max: 1 << 20}}
+}
+
+func (n *nsConn) send(t testing.TB, payload string) {
+	t.Helper()
+	if _, err := n.c.Write(appendNetstring(nil, []byte(payload))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (n *nsConn) recv(t testing.TB) string {
+	t.Helper()
+	n.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	p, err := n.r.Next(nil)
+	if err != nil {
+		t.Fatalf("netstring read: %v", err)
+	}
+	return string(p)
+}
+
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", timeout, what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// field parses a JSON response and returns one member as JSON text.
+func field(t testing.TB, resp string, path ...string) string {
+	t.Helper()
+	v, err := fastjson.Parse(resp)
+	if err != nil {
+		t.Fatalf("response %q: %v", resp, err)
+	}
+	m := v.Get(path...)
+	if m == nil {
+		return ""
+	}
+	return m.String()
+}

@@ -1,0 +1,234 @@
+package kazoo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/valyala/fastjson"
+
+	"github.com/sipside/sipside/internal/metrics"
+)
+
+// TargetedExchange is where Kazoo apps send replies, keyed by the request's Server-ID.
+const TargetedExchange = "targeted"
+
+// ErrQueryTimeout: no reply came before the deadline.
+var ErrQueryTimeout = errors.New("kazoo: no reply before the timeout")
+
+var errKazooPayload = errors.New("kazoo: with amqp.kazoo on, payload must be a JSON object (Kazoo messages are objects)")
+
+// querier matches replies to waiting queries by correlation id (Msg-ID in Kazoo mode).
+type querier struct {
+	b        *Bridge
+	serverID string // routing key of our queue on the targeted exchange
+
+	mu      sync.Mutex
+	waiters map[string]chan []byte
+
+	parsers fastjson.ParserPool
+
+	drops    *metrics.CounterVec
+	timeouts *metrics.Counter
+	latency  *metrics.Histogram
+	inflight *metrics.Gauge
+}
+
+func newQuerier(b *Bridge) *querier {
+	var r [4]byte
+	_, _ = randRead(r[:])
+	return &querier{
+		b: b,
+		// Like kazoo's "kamailio@host-<1>-targeted-0", unique per process so that two
+		// sipsides on one host never share a reply queue.
+		serverID: b.cfg.AMQP.Node + "-" + strconv.Itoa(os.Getpid()) + "-" + fmt.Sprintf("%x", r) + "-targeted",
+		waiters:  make(map[string]chan []byte),
+		drops:    b.reg.Counter("sipside_amqp_query_replies_dropped_total", "Replies matching no waiting query (late, unknown correlation id, no id).", "reason"),
+		timeouts: b.reg.Counter("sipside_amqp_query_timeouts_total", "Queries that got no reply in time.").With(),
+		latency:  b.reg.Histogram("sipside_amqp_query_seconds", "Query round trip (publish to reply).", nil).With(),
+		inflight: b.reg.Gauge("sipside_amqp_queries_inflight", "Queries waiting for a reply.").With(),
+	}
+}
+
+func (q *querier) register(id string) chan []byte {
+	ch := make(chan []byte, 1)
+	q.mu.Lock()
+	q.waiters[id] = ch
+	q.mu.Unlock()
+	return ch
+}
+
+func (q *querier) unregister(id string) {
+	q.mu.Lock()
+	delete(q.waiters, id)
+	q.mu.Unlock()
+}
+
+func (q *querier) deliver(id string, body []byte) {
+	if id == "" {
+		q.drops.With("no_id").Inc()
+		return
+	}
+	q.mu.Lock()
+	ch, ok := q.waiters[id]
+	delete(q.waiters, id)
+	q.mu.Unlock()
+	if !ok {
+		q.drops.With("unknown_id").Inc()
+		return
+	}
+	ch <- body
+}
+
+func (q *querier) onDirectReply(d amqp.Delivery) { q.deliver(d.CorrelationId, d.Body) }
+
+// onTargeted takes a Kazoo reply: the Msg-ID in the body names the query.
+func (q *querier) onTargeted(d amqp.Delivery) {
+	p := q.parsers.Get()
+	defer q.parsers.Put(p)
+	id := d.CorrelationId
+	if v, err := p.ParseBytes(d.Body); err == nil {
+		if s := v.GetStringBytes("Msg-ID"); s != nil {
+			id = string(s)
+		}
+	} else if id == "" {
+		q.drops.With("not_json").Inc()
+		return
+	}
+	q.deliver(id, d.Body)
+}
+
+// declareTargeted is the Kazoo-mode hook: our reply queue on the targeted exchange.
+func (q *querier) declareTargeted(ctx context.Context, conn *amqp.Connection) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	// Declared as kazoo declares it (direct, not durable): a different declaration of
+	// an existing exchange would be refused.
+	if err := ch.ExchangeDeclare(TargetedExchange, "direct", false, false, false, false, nil); err != nil {
+		return fmt.Errorf("declare exchange %q: %w (it exists with other settings? kazoo declares it direct, non-durable)", TargetedExchange, err)
+	}
+	if _, err := ch.QueueDeclare(q.serverID, false, true, true, false, nil); err != nil {
+		return fmt.Errorf("declare reply queue %q: %w", q.serverID, err)
+	}
+	if err := ch.QueueBind(q.serverID, q.serverID, TargetedExchange, false, nil); err != nil {
+		return fmt.Errorf("bind reply queue: %w", err)
+	}
+	deliveries, err := ch.Consume(q.serverID, "", true, true, false, false, nil)
+	if err != nil {
+		return fmt.Errorf("consume reply queue: %w", err)
+	}
+	go func() {
+		for d := range deliveries {
+			q.onTargeted(d)
+		}
+	}()
+	return nil
+}
+
+// kazooFields adds what Kazoo apps expect to a JSON object body, keeping members the
+// caller set (a script may bring its own Msg-ID). It returns the Msg-ID.
+func (q *querier) kazooFields(body []byte) ([]byte, string, error) {
+	p := q.parsers.Get()
+	defer q.parsers.Put(p)
+	v, err := p.ParseBytes(body)
+	if err != nil || v.Type() != fastjson.TypeObject {
+		return nil, "", errKazooPayload
+	}
+	o := v.GetObject()
+	msgID := string(v.GetStringBytes("Msg-ID"))
+	if msgID == "" {
+		msgID = newUUID()
+	}
+	out := make([]byte, 0, len(body)+256)
+	out = append(out, '{')
+	n := 0
+	o.Visit(func(k []byte, m *fastjson.Value) {
+		if n > 0 {
+			out = append(out, ',')
+		}
+		out = appendString(out, string(k))
+		out = append(out, ':')
+		out = m.MarshalTo(out)
+		n++
+	})
+	add := func(k, val string) {
+		if o.Get(k) != nil {
+			return
+		}
+		if n > 0 {
+			out = append(out, ',')
+		}
+		out = appendString(out, k)
+		out = append(out, ':')
+		out = appendString(out, val)
+		n++
+	}
+	add("Msg-ID", msgID)
+	add("Server-ID", q.serverID)
+	add("Node", q.b.cfg.AMQP.Node)
+	add("App-Name", "sipside")
+	add("App-Version", q.b.opts.Version)
+	return append(out, '}'), msgID, nil
+}
+
+// QueryRequest is one amqp.query.
+type QueryRequest struct {
+	PublishRequest
+	Timeout time.Duration // 0 = amqp.query_timeout
+}
+
+// Query publishes r with a fresh correlation id and returns the reply's body. The
+// waiter is registered before the publish, so a reply however fast is matched.
+func (b *Bridge) Query(ctx context.Context, r QueryRequest) ([]byte, error) {
+	if b.pub == nil {
+		return nil, errors.New("kazoo: bridge is not running (call Run first)")
+	}
+	q := b.q
+	timeout := r.Timeout
+	if timeout <= 0 {
+		timeout = b.cfg.AMQP.QueryTimeout.Std()
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	body := r.Body
+	var id string
+	msg := publishing(r.PublishRequest, nil)
+	if b.cfg.AMQP.Kazoo {
+		var err error
+		body, id, err = q.kazooFields(body)
+		if err != nil {
+			return nil, err
+		}
+	} else {
+		id = newUUID()
+		msg.ReplyTo = rabbitDirectReplyTo
+	}
+	msg.CorrelationId = id
+	msg.Body = body
+	start := time.Now()
+	ch := q.register(id)
+	defer q.unregister(id)
+	q.inflight.Add(1)
+	defer q.inflight.Add(-1)
+	if err := b.pub.Publish(ctx, r.Exchange, r.RoutingKey, msg); err != nil {
+		return nil, err
+	}
+	select {
+	case reply := <-ch:
+		q.latency.Since(start)
+		return reply, nil
+	case <-ctx.Done():
+		q.timeouts.Inc()
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("%w (%v): is a responder consuming %q on %q?", ErrQueryTimeout, timeout, r.RoutingKey, r.Exchange)
+		}
+		return nil, ctx.Err()
+	}
+}

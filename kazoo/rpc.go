@@ -1,0 +1,205 @@
+package kazoo
+
+import (
+	"context"
+	"strconv"
+	"time"
+	"unicode/utf8"
+
+	"github.com/valyala/fastjson"
+)
+
+// JSON-RPC error codes. The -320xx ones are sipside's; their messages say what to do.
+const (
+	CodeParse          = -32700
+	CodeInvalidRequest = -32600
+	CodeMethodNotFound = -32601
+	CodeInvalidParams  = -32602
+	CodeInternal       = -32603
+
+	CodeNotConnected = -32001 // no broker connection
+	CodeUnroutable   = -32002 // published, but no queue is bound for the routing key
+	CodeNacked       = -32003 // the broker refused the message
+	CodeNoExchange   = -32004 // the exchange does not exist
+	CodeTimeout      = -32005 // no reply (query) or no confirm (publish) in time
+	CodeUnconfirmed  = -32006 // connection lost before the confirm; may or may not have arrived
+	CodeUnknownID    = -32007 // amqp.ack/nack of a delivery that is not waiting
+	CodeBusy         = -32008 // connection or frame limits
+	CodeForbidden    = -32009 // source address not in jsonrpc.allow
+)
+
+// rpcError is a JSON-RPC error object.
+type rpcError struct {
+	Code    int
+	Message string
+}
+
+func (e *rpcError) Error() string { return e.Message }
+
+func errorf(code int, msg string) *rpcError { return &rpcError{Code: code, Message: msg} }
+
+// handlerFunc answers one method: the raw JSON result, or an error.
+type handlerFunc func(ctx context.Context, params *fastjson.Value) ([]byte, *rpcError)
+
+// dispatcher turns request bytes into response bytes. It is shared by all listeners.
+type dispatcher struct {
+	methods map[string]handlerFunc
+	parsers fastjson.ParserPool
+	met     *serverMetrics
+}
+
+// handle answers one request. It returns nil for a notification (no id, or "id":null
+// as OpenSIPS's jsonrpc_notification sends), which gets no reply on any transport.
+func (d *dispatcher) handle(ctx context.Context, transport string, req []byte) []byte {
+	start := time.Now()
+	p := d.parsers.Get()
+	defer d.parsers.Put(p)
+	v, err := p.ParseBytes(req)
+	if err != nil {
+		d.met.request(transport, "", "parse_error")
+		return errorResponse(nil, CodeParse, "parse error: "+err.Error()+" (send one JSON-RPC 2.0 object)")
+	}
+	if v.Type() != fastjson.TypeObject {
+		d.met.request(transport, "", "invalid")
+		if v.Type() == fastjson.TypeArray {
+			return errorResponse(nil, CodeInvalidRequest, "batches are not supported: send one request object per call")
+		}
+		return errorResponse(nil, CodeInvalidRequest, "a request must be a JSON object with method, params and id")
+	}
+	idv := v.Get("id")
+	var id []byte
+	if idv != nil && idv.Type() != fastjson.TypeNull {
+		switch idv.Type() {
+		case fastjson.TypeNumber, fastjson.TypeString:
+			id = idv.MarshalTo(nil)
+		default:
+			d.met.request(transport, "", "invalid")
+			return errorResponse(nil, CodeInvalidRequest, "id must be a number or a string")
+		}
+	}
+	mv := v.Get("method")
+	if mv == nil || mv.Type() != fastjson.TypeString {
+		d.met.request(transport, "", "invalid")
+		return reply(id, errorResponse(id, CodeInvalidRequest, `missing "method" (a string such as "amqp.publish")`))
+	}
+	method := string(mv.GetStringBytes())
+	h, ok := d.methods[method]
+	if !ok {
+		d.met.request(transport, "unknown", "method_not_found")
+		return reply(id, errorResponse(id, CodeMethodNotFound, "unknown method "+strconv.Quote(method)+"; methods: amqp.publish, amqp.query, amqp.ack, amqp.nack, sipside.ping, sipside.status"))
+	}
+	params := v.Get("params")
+	if params == nil || params.Type() == fastjson.TypeNull {
+		params = emptyObject
+	}
+	if params.Type() != fastjson.TypeObject {
+		d.met.request(transport, method, "invalid_params")
+		return reply(id, errorResponse(id, CodeInvalidParams, "params must be an object with named members, e.g. {\"exchange\":\"x\",\"routing_key\":\"k\",\"payload\":{}}"))
+	}
+	result, rerr := h(ctx, params)
+	if rerr != nil {
+		d.met.request(transport, method, "error")
+		d.met.latency(transport, method, start)
+		return reply(id, errorResponse(id, rerr.Code, rerr.Message))
+	}
+	d.met.request(transport, method, "ok")
+	d.met.latency(transport, method, start)
+	return reply(id, resultResponse(id, result))
+}
+
+var emptyObject = fastjson.MustParse(`{}`)
+
+// reply drops the response of a notification.
+func reply(id, resp []byte) []byte {
+	if id == nil {
+		return nil
+	}
+	return resp
+}
+
+func resultResponse(id, result []byte) []byte {
+	b := make([]byte, 0, len(result)+len(id)+40)
+	b = append(b, `{"jsonrpc":"2.0","result":`...)
+	b = append(b, result...)
+	return appendID(b, id)
+}
+
+func errorResponse(id []byte, code int, msg string) []byte {
+	b := make([]byte, 0, len(msg)+80)
+	b = append(b, `{"jsonrpc":"2.0","error":{"code":`...)
+	b = strconv.AppendInt(b, int64(code), 10)
+	b = append(b, `,"message":`...)
+	b = appendString(b, msg)
+	b = append(b, '}')
+	return appendID(b, id)
+}
+
+func appendID(b, id []byte) []byte {
+	b = append(b, `,"id":`...)
+	if id == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, id...)
+	}
+	return append(b, '}')
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendString writes s as a JSON string; invalid UTF-8 becomes U+FFFD.
+func appendString(b []byte, s string) []byte {
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c == '\n':
+				b = append(b, '\\', 'n')
+			case c == '\r':
+				b = append(b, '\\', 'r')
+			case c == '\t':
+				b = append(b, '\\', 't')
+			case c < 0x20:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, `\ufffd`...)
+		} else {
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
+}
+
+// str reads an optional string member.
+func str(v *fastjson.Value, key string) (string, bool, *rpcError) {
+	m := v.Get(key)
+	if m == nil || m.Type() == fastjson.TypeNull {
+		return "", false, nil
+	}
+	if m.Type() != fastjson.TypeString {
+		return "", false, errorf(CodeInvalidParams, key+" must be a string")
+	}
+	return string(m.GetStringBytes()), true, nil
+}
+
+// needStr reads a required string member.
+func needStr(v *fastjson.Value, key string) (string, *rpcError) {
+	s, ok, err := str(v, key)
+	if err != nil {
+		return "", err
+	}
+	if !ok {
+		return "", errorf(CodeInvalidParams, "missing param "+strconv.Quote(key))
+	}
+	return s, nil
+}

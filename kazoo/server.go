@@ -1,0 +1,422 @@
+package kazoo
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/sipside/sipside/internal/metrics"
+)
+
+// Timeouts of the JSON-RPC listeners.
+const (
+	// readTimeout bounds reading one request once bytes started to arrive, and an idle
+	// raw-TCP connection: OpenSIPS sends its request at once and never idles.
+	readTimeout = 10 * time.Second
+	// netstringIdle: jsonrpcc/janssonrpcc keep their connection for the life of the
+	// proxy and may be quiet for long; TCP keepalive finds dead peers.
+	netstringIdle = 0
+	writeTimeout  = 5 * time.Second
+	// maxPipelined bounds requests in flight on one netstring connection.
+	maxPipelined = 1024
+	// callTimeout bounds a method whose own timeout is not tighter.
+	callTimeout = 30 * time.Second
+)
+
+type server struct {
+	b     *Bridge
+	cfg   JSONRPCConfig
+	allow []netip.Prefix
+	log   *slog.Logger
+	met   *serverMetrics
+
+	lns []*listener
+}
+
+type listener struct {
+	kind, spec string
+	ln         net.Listener
+	slots      chan struct{}
+}
+
+func newServer(b *Bridge, cfg JSONRPCConfig) (*server, error) {
+	s := &server{b: b, cfg: cfg, log: b.log, met: b.disp.met}
+	for _, a := range cfg.Allow {
+		p, err := parseAllow(a)
+		if err != nil {
+			return nil, err
+		}
+		s.allow = append(s.allow, p)
+	}
+	return s, nil
+}
+
+func (s *server) listen() error {
+	for _, spec := range s.cfg.Listen {
+		kind, addr, err := ParseListen(spec)
+		if err != nil {
+			return err
+		}
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			s.close()
+			return fmt.Errorf("jsonrpc.listen %q: %w", spec, err)
+		}
+		s.lns = append(s.lns, &listener{kind: kind, spec: spec, ln: ln, slots: make(chan struct{}, s.cfg.MaxConns)})
+		s.log.Info("JSON-RPC listening", "listen", spec, "addr", ln.Addr().String())
+	}
+	return nil
+}
+
+func (s *server) close() {
+	for _, l := range s.lns {
+		l.ln.Close()
+	}
+}
+
+func (s *server) addrs() map[string]string {
+	m := make(map[string]string)
+	for _, l := range s.lns {
+		m[l.kind] = l.ln.Addr().String()
+	}
+	return m
+}
+
+// serve runs every listener until ctx ends, then closes them and waits for the
+// connections to finish.
+func (s *server) serve(ctx context.Context) error {
+	var wg sync.WaitGroup
+	var conns sync.Map // net.Conn → struct{}, closed on shutdown
+	for _, l := range s.lns {
+		if l.kind == ListenHTTP {
+			hs := &http.Server{
+				Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { s.serveHTTP(ctx, w, r) }),
+				ReadHeaderTimeout: readTimeout,
+				ReadTimeout:       readTimeout,
+				ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelDebug),
+			}
+			wg.Add(2)
+			go func() { defer wg.Done(); hs.Serve(&guarded{listener: l, s: s}) }()
+			go func() {
+				defer wg.Done()
+				<-ctx.Done()
+				sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+				defer cancel()
+				hs.Shutdown(sctx)
+			}()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			g := &guarded{listener: l, s: s}
+			for {
+				c, err := g.Accept()
+				if err != nil {
+					return
+				}
+				conns.Store(c, struct{}{})
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					defer conns.Delete(c)
+					defer c.Close()
+					if l.kind == ListenTCP {
+						s.serveRaw(ctx, c)
+					} else {
+						s.serveNetstring(ctx, c)
+					}
+				}()
+			}
+		}()
+	}
+	<-ctx.Done()
+	s.close()
+	conns.Range(func(k, _ any) bool { k.(net.Conn).Close(); return true })
+	wg.Wait()
+	return nil
+}
+
+// guarded applies the allow-list and the connection limit to a listener.
+type guarded struct {
+	*listener
+	s *server
+}
+
+func (g *guarded) Accept() (net.Conn, error) {
+	for {
+		c, err := g.ln.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if !g.s.allowed(c.RemoteAddr()) {
+			g.s.met.rejected(g.kind, "not_allowed")
+			g.s.log.Warn("JSON-RPC connection refused: source not in jsonrpc.allow", "from", c.RemoteAddr().String(), "listen", g.spec)
+			g.reject(c, CodeForbidden, "source address not in jsonrpc.allow")
+			continue
+		}
+		select {
+		case g.slots <- struct{}{}:
+		default:
+			g.s.met.rejected(g.kind, "too_many_connections")
+			g.reject(c, CodeBusy, "too many connections (jsonrpc.max_conns)")
+			continue
+		}
+		g.s.met.conns.With(g.kind).Add(1)
+		return &slotConn{Conn: c, release: func() { <-g.slots; g.s.met.conns.With(g.kind).Add(-1) }}, nil
+	}
+}
+
+// reject answers in the listener's own framing so the script logs a reason, then closes.
+func (g *guarded) reject(c net.Conn, code int, msg string) {
+	resp := errorResponse(nil, code, msg)
+	c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+	switch g.kind {
+	case ListenTCP:
+		c.Write(resp)
+	case ListenNetstring:
+		c.Write(appendNetstring(nil, resp))
+	case ListenHTTP:
+		fmt.Fprintf(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(resp), resp)
+	}
+	c.Close()
+}
+
+func (g *guarded) Close() error   { return g.ln.Close() }
+func (g *guarded) Addr() net.Addr { return g.ln.Addr() }
+
+type slotConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *slotConn) Close() error {
+	c.once.Do(c.release)
+	return c.Conn.Close()
+}
+
+func (s *server) allowed(a net.Addr) bool {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return false
+	}
+	ip := ap.Addr().Unmap()
+	for _, p := range s.allow {
+		if p.Contains(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, callTimeout)
+}
+
+// serveRaw speaks what OpenSIPS's jsonrpc module sends: one raw JSON object, no
+// delimiter, no half-close; the reply is one raw object. Further requests on the same
+// connection are served in turn, for nc and scripts that reuse it.
+func (s *server) serveRaw(ctx context.Context, c net.Conn) {
+	buf := make([]byte, 0, min(4096, s.cfg.MaxFrame))
+	for {
+		c.SetReadDeadline(time.Now().Add(readTimeout))
+		n, err := scanJSON(buf)
+		for n == 0 && err == nil {
+			if len(buf) == cap(buf) {
+				if cap(buf) >= s.cfg.MaxFrame {
+					err = errFrameTooBig
+					break
+				}
+				nb := make([]byte, len(buf), min(2*cap(buf), s.cfg.MaxFrame))
+				copy(nb, buf)
+				buf = nb
+			}
+			m, rerr := c.Read(buf[len(buf):cap(buf)])
+			buf = buf[:len(buf)+m]
+			if m > 0 {
+				n, err = scanJSON(buf)
+			}
+			if rerr != nil && n == 0 && err == nil {
+				switch {
+				case len(trimSpace(buf)) == 0:
+					// Idle or closed between requests: the normal end.
+				case errors.Is(rerr, io.EOF):
+					s.met.frameError(ListenTCP, "truncated")
+					s.write(c, errorResponse(nil, CodeParse, "connection closed inside a JSON value"))
+				default:
+					s.met.frameError(ListenTCP, "timeout")
+				}
+				return
+			}
+		}
+		if err != nil {
+			reason := "malformed"
+			if errors.Is(err, errFrameTooBig) {
+				reason = "too_big"
+				err = fmt.Errorf("request larger than %d bytes (jsonrpc.max_frame)", s.cfg.MaxFrame)
+			}
+			s.met.frameError(ListenTCP, reason)
+			s.write(c, errorResponse(nil, codeFor(reason), err.Error()))
+			return
+		}
+		req := buf[:n]
+		cctx, cancel := callContext(ctx)
+		resp := s.b.disp.handle(cctx, ListenTCP, req)
+		cancel()
+		if resp != nil && !s.write(c, resp) {
+			return
+		}
+		rest := copy(buf, buf[n:])
+		buf = buf[:rest]
+	}
+}
+
+func codeFor(reason string) int {
+	if reason == "too_big" {
+		return CodeBusy
+	}
+	return CodeParse
+}
+
+func trimSpace(b []byte) []byte {
+	for len(b) > 0 && (b[0] == ' ' || b[0] == '\n' || b[0] == '\r' || b[0] == '\t') {
+		b = b[1:]
+	}
+	return b
+}
+
+func (s *server) write(c net.Conn, b []byte) bool {
+	c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_, err := c.Write(b)
+	return err == nil
+}
+
+// serveNetstring speaks jsonrpcc/janssonrpcc: a persistent connection carrying
+// `len:json,` frames. Requests run concurrently and are answered by id as they finish,
+// so a slow query never holds up the ones behind it.
+func (s *server) serveNetstring(ctx context.Context, c net.Conn) {
+	if tc, ok := underlying(c).(*net.TCPConn); ok {
+		tc.SetKeepAlive(true)
+		tc.SetKeepAlivePeriod(30 * time.Second)
+	}
+	var wmu sync.Mutex
+	send := func(resp []byte) {
+		frame := appendNetstring(make([]byte, 0, len(resp)+12), resp)
+		wmu.Lock()
+		defer wmu.Unlock()
+		// One write per frame, as the proxies read whole frames.
+		c.SetWriteDeadline(time.Now().Add(writeTimeout))
+		if _, err := c.Write(frame); err != nil {
+			c.Close()
+		}
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	sem := make(chan struct{}, maxPipelined)
+	r := &netstringReader{r: bufio.NewReaderSize(c, 4096), max: s.cfg.MaxFrame}
+	for {
+		payload, err := r.Next(nil)
+		if err != nil {
+			switch {
+			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+			case errors.Is(err, errFrameTooBig):
+				s.met.frameError(ListenNetstring, "too_big")
+				send(errorResponse(nil, CodeBusy, fmt.Sprintf("frame larger than %d bytes (jsonrpc.max_frame); closing", s.cfg.MaxFrame)))
+			case errors.Is(err, errBadFrame):
+				s.met.frameError(ListenNetstring, "malformed")
+				send(errorResponse(nil, CodeParse, err.Error()+"; closing the connection (the stream is out of sync)"))
+			default:
+				s.met.frameError(ListenNetstring, "truncated")
+			}
+			return
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			cctx, cancel := callContext(ctx)
+			defer cancel()
+			if resp := s.b.disp.handle(cctx, ListenNetstring, payload); resp != nil {
+				send(resp)
+			}
+		}()
+	}
+}
+
+func underlying(c net.Conn) net.Conn {
+	if sc, ok := c.(*slotConn); ok {
+		return sc.Conn
+	}
+	return c
+}
+
+// serveHTTP answers POST with the JSON-RPC response on one line (Kamailio's
+// http_client keeps only the first line by default).
+func (s *server) serveHTTP(ctx context.Context, w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "application/json")
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		w.WriteHeader(http.StatusMethodNotAllowed)
+		w.Write(errorResponse(nil, CodeInvalidRequest, "POST a JSON-RPC 2.0 request"))
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, int64(s.cfg.MaxFrame)))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			s.met.frameError(ListenHTTP, "too_big")
+			w.WriteHeader(http.StatusRequestEntityTooLarge)
+			w.Write(errorResponse(nil, CodeBusy, fmt.Sprintf("request larger than %d bytes (jsonrpc.max_frame)", s.cfg.MaxFrame)))
+			return
+		}
+		s.met.frameError(ListenHTTP, "truncated")
+		return
+	}
+	cctx, cancel := callContext(r.Context())
+	defer cancel()
+	resp := s.b.disp.handle(cctx, ListenHTTP, body)
+	if resp == nil {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	w.Write(resp)
+}
+
+type serverMetrics struct {
+	requests *metrics.CounterVec
+	lat      *metrics.HistogramVec
+	frames   *metrics.CounterVec
+	rejects  *metrics.CounterVec
+	conns    *metrics.GaugeVec
+}
+
+func newServerMetrics(reg *metrics.Registry) *serverMetrics {
+	return &serverMetrics{
+		requests: reg.Counter("sipside_jsonrpc_requests_total", "JSON-RPC requests by listener, method and outcome.", "listener", "method", "outcome"),
+		lat:      reg.Histogram("sipside_jsonrpc_request_seconds", "JSON-RPC handling time.", nil, "listener", "method"),
+		frames:   reg.Counter("sipside_jsonrpc_frame_errors_total", "Broken frames (malformed, too_big, truncated, timeout); each closes its connection.", "listener", "reason"),
+		rejects:  reg.Counter("sipside_jsonrpc_rejected_connections_total", "Connections refused (not_allowed, too_many_connections).", "listener", "reason"),
+		conns:    reg.Gauge("sipside_jsonrpc_connections", "Open JSON-RPC connections.", "listener"),
+	}
+}
+
+func (m *serverMetrics) request(l, method, outcome string) { m.requests.With(l, method, outcome).Inc() }
+func (m *serverMetrics) latency(l, method string, start time.Time) {
+	m.lat.With(l, method).Since(start)
+}
+func (m *serverMetrics) frameError(l, reason string) { m.frames.With(l, reason).Inc() }
+func (m *serverMetrics) rejected(l, reason string)   { m.rejects.With(l, reason).Inc() }
