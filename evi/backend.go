@@ -14,6 +14,7 @@ import (
 
 // Deps is what a backend may take from the daemon.
 type Deps struct {
+	Stdin   io.Reader // read by the stdin: input
 	Stdout  io.Writer // shared by every stdout: backend; writes must be whole lines
 	Log     *slog.Logger
 	Metrics *metrics.Registry

@@ -71,7 +71,7 @@ func BenchmarkUDPReadBaseline(b *testing.B) {
 func BenchmarkUDPToJSONLines(b *testing.B) {
 	m := NewMetrics(metrics.New())
 	log := slog.New(slog.DiscardHandler)
-	in, err := OpenInput(Listen{Proto: "udp", Addr: "127.0.0.1:0"}, m, log)
+	in, err := OpenInput(Listen{Proto: "udp", Addr: "127.0.0.1:0"}, InputConfig{}, Deps{Log: log}, m)
 	if err != nil {
 		b.Fatal(err)
 	}

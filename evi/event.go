@@ -5,6 +5,8 @@ package evi
 
 import (
 	"context"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -20,6 +22,56 @@ type Event struct {
 	Raw      []byte    // the whole notification as received; nil for events made in sipside
 	Received time.Time // when sipside read it
 	Source   string    // the input it came from, e.g. udp:127.0.0.1:8090
+
+	ack *ackState // set by inputs whose sender waits for the outcome
+}
+
+// ackState calls fn once, when every route that took the event has its
+// final outcome; the first error wins.
+type ackState struct {
+	n   atomic.Int32
+	mu  sync.Mutex
+	err error
+	fn  func(error)
+}
+
+// OnDone asks for fn to be called once with the event's final outcome:
+// nil when every matching route delivered it (or safely kept it for
+// later), else the first error. Inputs whose sender waits for an answer
+// (event_stream in reliable_mode) use it.
+func (ev *Event) OnDone(fn func(error)) { ev.ack = &ackState{fn: fn} }
+
+// expect announces n outcomes to come; with n == 0 the event is done.
+func (ev *Event) expect(n int) {
+	if ev.ack == nil {
+		return
+	}
+	if n == 0 {
+		ev.ack.fn(nil)
+		return
+	}
+	ev.ack.n.Add(int32(n))
+}
+
+// done records one route's final outcome.
+func (ev *Event) done(err error) {
+	a := ev.ack
+	if a == nil {
+		return
+	}
+	if err != nil {
+		a.mu.Lock()
+		if a.err == nil {
+			a.err = err
+		}
+		a.mu.Unlock()
+	}
+	if a.n.Add(-1) == 0 {
+		a.mu.Lock()
+		err := a.err
+		a.mu.Unlock()
+		a.fn(err)
+	}
 }
 
 // Backend delivers events to one destination and tells whether it worked.

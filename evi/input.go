@@ -21,7 +21,11 @@ type Input interface {
 
 // OpenInput binds the socket l names, so that a bad address fails at start,
 // not later inside Run.
-func OpenInput(l Listen, m *Metrics, log *slog.Logger) (Input, error) {
+func OpenInput(l Listen, ic InputConfig, d Deps, m *Metrics) (Input, error) {
+	log := d.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	base := inputBase{
 		name:     l.String(),
 		received: m.Received.With(l.String()),
@@ -31,7 +35,16 @@ func OpenInput(l Listen, m *Metrics, log *slog.Logger) (Input, error) {
 	switch l.Proto {
 	case "udp", "unix":
 		return openDatagramInput(l, base)
+	case "tcp":
+		return openStreamInput(l, ic.withDefaults(), base, log)
+	case "stdin":
+		if d.Stdin == nil {
+			return nil, fmt.Errorf("input %s: this command has no stdin to read", l)
+		}
+		return &stdinInput{inputBase: base, r: d.Stdin, max: ic.withDefaults().MaxFrame}, nil
+	case "evapi":
+		return newEvapiInput(l, ic.withDefaults(), base, log), nil
 	default:
-		return nil, fmt.Errorf("input %s: the %s input is not built yet in this version (udp and unix are)", l, l.Proto)
+		return nil, fmt.Errorf("input %s: unknown protocol %q", l, l.Proto)
 	}
 }

@@ -27,6 +27,17 @@ func (c *collect) Accept(ev *Event) {
 	c.mu.Unlock()
 }
 
+func (c *collect) find(name, params string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ev := range c.evs {
+		if ev.Name == name && string(ev.Params) == params {
+			return true
+		}
+	}
+	return false
+}
+
 func (c *collect) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -55,7 +66,7 @@ func TestDatagramInputBadInput(t *testing.T) {
 			m := NewMetrics(metrics.New())
 			var logBuf bytes.Buffer
 			log := slog.New(slog.NewTextHandler(&syncWriter{w: &logBuf}, nil))
-			in, err := OpenInput(Listen{Proto: proto, Addr: addr}, m, log)
+			in, err := OpenInput(Listen{Proto: proto, Addr: addr}, InputConfig{}, Deps{Log: log}, m)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -127,7 +138,7 @@ func (s *syncWriter) Write(p []byte) (int, error) {
 // The raw buffer is reused between reads: an event must own its bytes.
 func TestDatagramInputEventsOwnTheirBytes(t *testing.T) {
 	m := NewMetrics(metrics.New())
-	in, err := OpenInput(Listen{Proto: "udp", Addr: "127.0.0.1:0"}, m, slog.New(slog.DiscardHandler))
+	in, err := OpenInput(Listen{Proto: "udp", Addr: "127.0.0.1:0"}, InputConfig{}, Deps{}, m)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -51,7 +51,11 @@ func (n *Notification) Name() (string, error) {
 // and re-encode would change them.
 //
 // Returns ErrIncomplete when b ends inside the value.
-func ParseNotification(b []byte) (Notification, int, error) {
+func ParseNotification(b []byte) (Notification, int, error) { return parseObject(b, false) }
+
+// parseObject is ParseNotification; with eventKey it also takes sipside's
+// own JSON lines, whose name is in "event" (for replaying sipside's output).
+func parseObject(b []byte, eventKey bool) (Notification, int, error) {
 	var n Notification
 	i := skipWS(b, 0)
 	if i == len(b) {
@@ -120,7 +124,11 @@ func ParseNotification(b []byte) (Notification, int, error) {
 		}
 		val := b[vstart:vend]
 		i = vend
-		switch string(key) {
+		k := string(key)
+		if eventKey && k == "event" {
+			k = "method"
+		}
+		switch k {
 		case "method":
 			if n.Method != nil {
 				return n, i, errors.New("duplicate \"method\" member")

@@ -15,6 +15,27 @@ import (
 // InputConfig is one [[input]].
 type InputConfig struct {
 	Listen string `toml:"listen"` // udp:HOST:PORT, unix:/path, tcp:HOST:PORT, evapi:HOST:PORT, stdin:
+	// ReplyTimeout bounds how long a tcp: (event_stream reliable_mode)
+	// sender waits for sipside's answer; keep it under the module's
+	// timeout (1 s by default), which counts from the event's creation.
+	ReplyTimeout Duration `toml:"reply_timeout"`
+	// MaxFrame is the largest event a stream input takes, in bytes.
+	MaxFrame int `toml:"max_frame"`
+}
+
+const (
+	defaultReplyTimeout = 900 * time.Millisecond
+	defaultMaxFrame     = 1 << 20
+)
+
+func (ic InputConfig) withDefaults() InputConfig {
+	if ic.ReplyTimeout == 0 {
+		ic.ReplyTimeout = Duration(defaultReplyTimeout)
+	}
+	if ic.MaxFrame == 0 {
+		ic.MaxFrame = defaultMaxFrame
+	}
+	return ic
 }
 
 // Config is the event pipeline's part of sipside's configuration.
@@ -31,10 +52,8 @@ func (c Config) Validate() error {
 		if err != nil {
 			return fmt.Errorf("input[%d].listen: %w", i, err)
 		}
-		switch l.Proto {
-		case "udp", "unix":
-		default:
-			return fmt.Errorf("input[%d].listen: %q: the %s input is not built yet in this version (udp and unix are)", i, in.Listen, l.Proto)
+		if in.ReplyTimeout < 0 || in.MaxFrame < 0 {
+			return fmt.Errorf("input[%d]: reply_timeout and max_frame must not be negative", i)
 		}
 		if seen[l.String()] {
 			return fmt.Errorf("input[%d].listen: %q is listed twice", i, in.Listen)
@@ -64,6 +83,11 @@ type Pipeline struct {
 	inputs map[string]*runningInput
 	ctx    context.Context // set by Run; inputs opened by Reload start under it
 	wg     sync.WaitGroup
+	// running counts inputs still reading; when the last one ends (stdin at
+	// end of file) idle is closed and Run returns.
+	running  int
+	idle     chan struct{}
+	idleOnce sync.Once
 }
 
 type runningInput struct {
@@ -76,7 +100,7 @@ func NewPipeline(cfg Config, d Deps, m *Metrics, onFailure FailureFunc) (*Pipeli
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
 	}
-	p := &Pipeline{deps: d, m: m, log: d.Log, onFailure: onFailure, inputs: map[string]*runningInput{}}
+	p := &Pipeline{deps: d, m: m, log: d.Log, onFailure: onFailure, inputs: map[string]*runningInput{}, idle: make(chan struct{})}
 	if err := p.apply(cfg); err != nil {
 		p.closeInputs()
 		return nil, err
@@ -105,7 +129,7 @@ func (p *Pipeline) apply(cfg Config) error {
 		if _, ok := p.inputs[key]; ok {
 			continue
 		}
-		in, err := OpenInput(l, p.m, p.log)
+		in, err := OpenInput(l, ic.withDefaults(), p.deps, p.m)
 		if err != nil {
 			for _, o := range opened {
 				o.Close()
@@ -169,12 +193,19 @@ func (p *Pipeline) startInput(key string, ri *runningInput) {
 	ctx, cancel := context.WithCancel(p.ctx)
 	ri.cancel = cancel
 	p.wg.Add(1)
+	p.running++
 	go func() {
 		defer p.wg.Done()
 		p.log.Info("input listening", "input", key)
 		if err := ri.in.Run(ctx, p); err != nil {
 			p.log.Error("input stopped", "input", key, "error", err)
 		}
+		p.mu.Lock()
+		p.running--
+		if p.running == 0 {
+			p.idleOnce.Do(func() { close(p.idle) })
+		}
+		p.mu.Unlock()
 	}()
 }
 
@@ -187,7 +218,11 @@ func (p *Pipeline) Run(ctx context.Context, drain time.Duration) error {
 		p.startInput(key, ri)
 	}
 	p.mu.Unlock()
-	<-ctx.Done()
+	select {
+	case <-ctx.Done():
+	case <-p.idle:
+		p.log.Info("every input has ended")
+	}
 	p.closeInputs()
 	p.wg.Wait()
 	dctx, cancel := context.WithTimeout(context.Background(), drain)

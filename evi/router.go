@@ -65,8 +65,10 @@ func (rc *RouteConfig) validate() error {
 }
 
 // FailureFunc is told about every event that a route could not deliver at
-// all. It is the one place where undeliverable events go (the spool's seam).
-type FailureFunc func(route string, ev *Event, err error)
+// all. It is the one place where undeliverable events go (the spool's seam):
+// it returns nil when it kept the event safely for later, else the event is
+// lost and the error says why.
+type FailureFunc func(route string, ev *Event, err error) error
 
 // Router matches events to routes; each route delivers in order from its
 // own queue, so that one dead backend slows only its own route.
@@ -159,6 +161,15 @@ func (r *Router) TryAccept(ev *Event) bool {
 	if r.closed {
 		return false
 	}
+	if ev.ack != nil {
+		n := 0
+		for _, rt := range r.routes {
+			if rt.matches(ev.Name) {
+				n++
+			}
+		}
+		ev.expect(n)
+	}
 	matched := false
 	for _, rt := range r.routes {
 		if !rt.matches(ev.Name) {
@@ -170,7 +181,7 @@ func (r *Router) TryAccept(ev *Event) bool {
 			rt.depth.Add(1)
 		default:
 			rt.full.Inc()
-			r.fail(rt, ev, fmt.Errorf("queue of %d events is full: the backend is slower than the events", cap(rt.queue)))
+			ev.done(r.fail(rt, ev, fmt.Errorf("queue of %d events is full: the backend is slower than the events", cap(rt.queue))))
 		}
 	}
 	if !matched {
@@ -214,8 +225,9 @@ func (r *Router) work(rt *route) {
 		}
 		if err != nil {
 			rt.failed.Inc()
-			r.fail(rt, ev, err)
+			err = r.fail(rt, ev, err)
 		}
+		ev.done(err)
 		if len(rt.queue) == 0 {
 			if f, ok := rt.b.(flusher); ok {
 				if err := f.Flush(); err != nil {
@@ -226,12 +238,14 @@ func (r *Router) work(rt *route) {
 	}
 }
 
-func (r *Router) fail(rt *route, ev *Event, err error) {
+// fail hands an undeliverable event to the failure seam; it returns the
+// error the event ends with (nil when the seam kept it).
+func (r *Router) fail(rt *route, ev *Event, err error) error {
 	if r.onFailure != nil {
-		r.onFailure(rt.cfg.Name, ev, err)
-		return
+		return r.onFailure(rt.cfg.Name, ev, err)
 	}
 	r.log.Warn("event not delivered", "route", rt.cfg.Name, "event", ev.Name, "error", err)
+	return err
 }
 
 // Close stops accepting, lets each route drain its queue until ctx ends,

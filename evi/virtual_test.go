@@ -52,6 +52,12 @@ func (b *testBackend) received() string {
 	return strings.Join(b.got, ",")
 }
 
+func (b *testBackend) count() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.got)
+}
+
 func (b *testBackend) Close() error { return nil }
 
 func ev(seq string) *Event { return &Event{Name: "E_TEST", Params: []byte(seq), Received: time.Now()} }
@@ -184,10 +190,11 @@ func TestRouter(t *testing.T) {
 		{Name: "ul", Events: []string{"E_UL_*"}, To: "test:ul"},
 		{Name: "pike", Events: []string{"E_PIKE_BLOCKED"}, To: "test:pike"},
 		{Name: "all", To: "test:all", Queue: 1},
-	}, Deps{}, m, func(route string, ev *Event, err error) {
+	}, Deps{}, m, func(route string, ev *Event, err error) error {
 		mu.Lock()
 		failures = append(failures, route+":"+string(ev.Params))
 		mu.Unlock()
+		return err
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -45,7 +45,7 @@ func cmdEvents(ctx context.Context, e *env, args []string) int {
 	fs := flag.NewFlagSet("events", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
 	var listens, tos, evs, subs listFlag
-	fs.Var(&listens, "listen", "input `SOCKET` (udp:HOST:PORT, unix:/path); repeatable; default udp:127.0.0.1:8090")
+	fs.Var(&listens, "listen", "input `SOCKET` (udp:HOST:PORT, unix:/path, tcp:HOST:PORT, evapi:HOST:PORT, stdin:); repeatable; default udp:127.0.0.1:8090")
 	fs.Var(&tos, "to", "destination `SOCKET STRING`; repeatable; default stdout:")
 	fs.Var(&evs, "event", "event name or glob `PATTERN` to route; repeatable; default all")
 	fs.Var(&subs, "subscribe", "MI `TARGET` to subscribe at (not built yet)")
@@ -86,12 +86,13 @@ func cmdEvents(ctx context.Context, e *env, args []string) int {
 	reg := metrics.New()
 	m := evi.NewMetrics(reg)
 	var errMu sync.Mutex
-	onFailure := func(route string, ev *evi.Event, err error) {
+	onFailure := func(route string, ev *evi.Event, err error) error {
 		errMu.Lock()
 		defer errMu.Unlock()
 		fmt.Fprintf(e.stderr, "%s undelivered: route=%s event=%s: %v\n", time.Now().Format(time.RFC3339), route, ev.Name, err)
+		return err
 	}
-	pipe, err := evi.NewPipeline(cfg, evi.Deps{Stdout: evi.LockWriter(e.stdout), Log: log, Metrics: reg}, m, onFailure)
+	pipe, err := evi.NewPipeline(cfg, evi.Deps{Stdin: e.stdin, Stdout: evi.LockWriter(e.stdout), Log: log, Metrics: reg}, m, onFailure)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "sipside events: %v\n", err)
 		return exitUsage

@@ -125,7 +125,7 @@ type daemon struct {
 
 func (d *daemon) run(ctx context.Context, cfg *Config) error {
 	m := evi.NewMetrics(d.reg)
-	deps := evi.Deps{Stdout: evi.LockWriter(d.env.stdout), Log: d.log, Metrics: d.reg}
+	deps := evi.Deps{Stdin: d.env.stdin, Stdout: evi.LockWriter(d.env.stdout), Log: d.log, Metrics: d.reg}
 	pipe, err := evi.NewPipeline(cfg.events(), deps, m, nil)
 	if err != nil {
 		return err
