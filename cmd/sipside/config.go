@@ -231,8 +231,8 @@ func parseLevel(s string) (slog.Level, error) {
 var (
 	// decodeErrRe picks the line and key out of BurntSushi/toml's type errors.
 	decodeErrRe = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): (.*)$`)
-	headerRe = regexp.MustCompile(`^\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?`)
-	keyRe    = regexp.MustCompile(`^\s*([A-Za-z0-9_\-]+)\s*=`)
+	headerRe    = regexp.MustCompile(`^\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?`)
+	keyRe       = regexp.MustCompile(`^\s*([A-Za-z0-9_\-]+)\s*=`)
 )
 
 // lineOf finds the line of key in [table] (index < 0) or in the index-th
