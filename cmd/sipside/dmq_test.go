@@ -1,0 +1,147 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sipside/sipside/testenv"
+)
+
+func TestDMQUsage(t *testing.T) {
+	tests := []struct {
+		args []string
+		code int
+		want string
+	}{
+		{nil, exitUsage, "Usage: sipside dmq"},
+		{[]string{"--help"}, exitOK, "htable set TABLE NAME VALUE"},
+		{[]string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
+		{[]string{"htable", "get", "onlyone"}, exitUsage, "want 2 to 2 arguments"},
+		{[]string{"watch"}, exitUsage, "give --listen"},
+		{[]string{"watch", "--listen", "sip:127.0.0.1:5090"}, exitUsage, "dmq.seeds"},
+		{[]string{"watch", "--listen", "127.0.0.1:5090", "--seed", "sip:127.0.0.2:5060"}, exitUsage, "sip: scheme"},
+	}
+	for _, tc := range tests {
+		e, out := testEnv()
+		if code := dispatch(context.Background(), e, append([]string{"dmq"}, tc.args...)); code != tc.code {
+			t.Errorf("dmq %v: exit %d, want %d; output:\n%s", tc.args, code, tc.code, out)
+		}
+		if !strings.Contains(out.String(), tc.want) {
+			t.Errorf("dmq %v: output lacks %q:\n%s", tc.args, tc.want, out)
+		}
+	}
+}
+
+// TestDMQAgainstKamailio runs watch, htable set/get/delete and nodes against
+// one real Kamailio DMQ node.
+func TestDMQAgainstKamailio(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Kamailio")
+	}
+	tmpl, err := os.ReadFile("../../dmq/testdata/kamailio-dmq.cfg.tmpl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	k, err := testenv.StartKamailio(ctx, testenv.KamailioConfig{
+		Name: "dmqcli", Addr: "127.0.0.2", Template: string(tmpl),
+		Vars: map[string]any{"Notify": "", "Ping": 5, "FrTimer": 4000},
+	})
+	cancel()
+	if errors.Is(err, testenv.ErrNotInstalled) {
+		testenv.Missing(t, "kamailio with the dmq modules", "apt-get install -y kamailio kamailio-extra-modules")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k.Close() })
+	seed := "sip:" + k.SIPAddr()
+	listen := func() string { return "sip:127.0.0.1:" + strconv.Itoa(testenv.FreePort(t, "udp", "127.0.0.1")) }
+
+	// watch runs until cancelled.
+	watchAddr := listen()
+	we, wout := testEnv()
+	wctx, wcancel := context.WithCancel(context.Background())
+	wdone := make(chan int, 1)
+	go func() {
+		wdone <- dispatch(wctx, we, []string{"dmq", "watch", "--listen", watchAddr, "--seed", seed, "--ping", "1s"})
+	}()
+	defer func() {
+		wcancel()
+		<-wdone
+	}()
+	waitFor(t, 10*time.Second, func() bool {
+		return strings.Contains(wout.String(), `"event":"E_DMQ_NODE"`) && strings.Contains(wout.String(), `"status":"active"`)
+	}, "watch to print the node becoming active", wout)
+
+	run := func(args ...string) (int, string) {
+		e, out := testEnv()
+		full := append([]string{"dmq", args[0]}, args[1:]...)
+		return dispatch(context.Background(), e, full), out.String()
+	}
+
+	if code, out := run("htable", "set", "--listen", listen(), "--seed", seed, "repl", "cli_key", "cli value"); code != exitOK {
+		t.Fatalf("htable set: exit %d\n%s", code, out)
+	}
+	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	raw, err := k.RPC(rctx, "htable.get", "repl", "cli_key")
+	rcancel()
+	if err != nil || !strings.Contains(string(raw), "cli value") {
+		t.Fatalf("htable.get on Kamailio after sipside dmq htable set: %s, %v", raw, err)
+	}
+	waitFor(t, 5*time.Second, func() bool {
+		return strings.Contains(wout.String(), `"strval":"cli value"`)
+	}, "watch to see the set", wout)
+
+	code, out := run("htable", "get", "--listen", listen(), "--seed", seed, "repl", "cli_key")
+	if code != exitOK {
+		t.Fatalf("htable get: exit %d\n%s", code, out)
+	}
+	var cell struct {
+		Str string `json:"strval"`
+	}
+	if err := json.Unmarshal([]byte(strings.TrimSpace(out)), &cell); err != nil || cell.Str != "cli value" {
+		t.Fatalf("htable get printed %q (%v)", out, err)
+	}
+
+	if code, out := run("htable", "delete", "--listen", listen(), "--seed", seed, "repl", "cli_key"); code != exitOK {
+		t.Fatalf("htable delete: exit %d\n%s", code, out)
+	}
+	if code, out := run("htable", "get", "--listen", listen(), "--seed", seed, "repl", "cli_key"); code != exitFailure || !strings.Contains(out, "does not exist") {
+		t.Fatalf("htable get after delete: exit %d\n%s", code, out)
+	}
+
+	code, out = run("nodes", "--listen", listen(), "--seed", seed)
+	if code != exitOK || !strings.Contains(out, `"node":"`+seed+`","status":"active"`) || !strings.Contains(out, watchAddr) {
+		t.Fatalf("nodes: exit %d\n%s", code, out)
+	}
+
+	wcancel()
+	if code := <-wdone; code != exitOK {
+		t.Errorf("watch exit %d\n%s", code, wout)
+	}
+	wdone <- exitOK // for the deferred receive
+	waitFor(t, 5*time.Second, func() bool {
+		rctx, rcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer rcancel()
+		raw, err := k.RPC(rctx, "dmq.list_nodes")
+		return err == nil && strings.Contains(string(raw), `"status":"disabled"`)
+	}, "Kamailio to list the departed watcher as disabled", wout)
+}
+
+func waitFor(t *testing.T, timeout time.Duration, ok func() bool, what string, out *lockedBuffer) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("waited %s for %s; output so far:\n%s", timeout, what, out)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
