@@ -109,6 +109,11 @@ func parseReply(b []byte) (reply, error) {
 		}
 		return reply{}, fmt.Errorf("%w: %q", errNotJSONRPC, clip(b, 80))
 	}
+	// fastjson's parser lets raw control bytes through in strings; the validator does
+	// not, and a Result must be JSON that any decoder takes.
+	if err := fastjson.ValidateBytes(b); err != nil {
+		return reply{}, fmt.Errorf("%w: %v", errNotJSONRPC, err)
+	}
 	var p fastjson.Parser
 	v, err := p.ParseBytes(b)
 	if err != nil {
