@@ -320,7 +320,7 @@ func (k *Kamailio) start(ctx context.Context) error {
 	_ = os.Remove(k.CtlSock)
 	cmd := exec.Command(k.args[0], k.args[1:]...)
 	cmd.Dir = k.Dir
-	p, err := startProc("kamailio "+k.Name, cmd, k.Log)
+	p, err := startProcDir("kamailio "+k.Name, cmd, k.Log, k.Dir)
 	if err != nil {
 		k.mu.Unlock()
 		return fmt.Errorf("kamailio %s: %w", k.Name, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/exec"
 	"strconv"
@@ -25,10 +26,18 @@ type proc struct {
 	pgid int
 	done chan struct{}
 	err  error // exit status; valid once done is closed
+
+	watchdog *exec.Cmd // kills the group if the test binary dies; nil if it could not start
+	lifeline *os.File  // its stdin's write end: closed by the kernel when this binary dies
 }
 
 // startProc starts cmd in a new process group with stdout and stderr appended to logPath.
 func startProc(name string, cmd *exec.Cmd, logPath string) (*proc, error) {
+	return startProcDir(name, cmd, logPath, "")
+}
+
+// startProcDir is startProc that also has dir removed if the test binary dies without cleanup.
+func startProcDir(name string, cmd *exec.Cmd, logPath, dir string) (*proc, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("open log of %s: %w", name, err)
@@ -47,6 +56,7 @@ func startProc(name string, cmd *exec.Cmd, logPath string) (*proc, error) {
 		return nil, fmt.Errorf("start %s (%s): %w", name, cmd.Path, err)
 	}
 	p := &proc{name: name, cmd: cmd, pgid: cmd.Process.Pid, done: make(chan struct{})}
+	p.startWatchdog(dir)
 	register(p)
 	go func() {
 		p.err = cmd.Wait()
@@ -54,10 +64,46 @@ func startProc(name string, cmd *exec.Cmd, logPath string) (*proc, error) {
 		// Wait until the group is gone, so a restart on the same ports finds them free.
 		_ = syscall.Kill(-p.pgid, syscall.SIGKILL)
 		waitGroupGone(p.pgid, 10*time.Second)
+		p.stopWatchdog()
 		unregister(p)
 		close(p.done)
 	}()
 	return p, nil
+}
+
+// startWatchdog covers what Pdeathsig cannot: when the test binary dies without cleanup
+// (SIGKILL, a -timeout panic), Pdeathsig kills only the leader, and Kamailio's children would
+// keep running with the ports. The watchdog, in a group of its own, blocks reading a pipe only
+// this binary holds open; at EOF it kills the group this binary started, and nothing else, and
+// removes dir (when not empty), the part's temp dir that Main did not get to remove.
+func (p *proc) startWatchdog(dir string) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		slog.Warn("testenv: no watchdog, the group may outlive a crashed test binary", "name", p.name, "err", err)
+		return
+	}
+	defer r.Close()
+	wd := exec.Command("/bin/sh", "-c", `read x; kill -s KILL -- "-$0" 2>/dev/null; [ -z "$1" ] || rm -rf -- "$1"`,
+		strconv.Itoa(p.pgid), dir)
+	wd.Stdin = r
+	wd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := wd.Start(); err != nil {
+		w.Close()
+		slog.Warn("testenv: no watchdog, the group may outlive a crashed test binary", "name", p.name, "err", err)
+		return
+	}
+	p.watchdog, p.lifeline = wd, w
+}
+
+// stopWatchdog ends the watchdog without letting it signal: once the group is gone its pgid
+// could name someone else's group.
+func (p *proc) stopWatchdog() {
+	if p.watchdog == nil {
+		return
+	}
+	_ = p.watchdog.Process.Kill()
+	_ = p.watchdog.Wait()
+	p.lifeline.Close()
 }
 
 func (p *proc) pid() int { return p.cmd.Process.Pid }

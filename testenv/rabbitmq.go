@@ -247,7 +247,7 @@ func StartRabbitMQ(ctx context.Context, opts RabbitOptions) (*RabbitMQ, error) {
 	epmd := exec.Command(epmdBin, "-port", strconv.Itoa(r.EPMDPort), "-address", "127.0.0.1")
 	epmd.Dir, epmd.Env = r.Dir, r.env
 	epmd.SysProcAttr = &syscall.SysProcAttr{Credential: r.cred}
-	r.epmd, err = startProc("epmd of "+r.NodeName, epmd, filepath.Join(r.Dir, "epmd.log"))
+	r.epmd, err = startProcDir("epmd of "+r.NodeName, epmd, filepath.Join(r.Dir, "epmd.log"), r.Dir)
 	if err != nil {
 		return fail(fmt.Errorf("rabbitmq: %w", err))
 	}
