@@ -99,7 +99,12 @@ func TestKamailioBadTemplate(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	_, err := testenv.StartKamailio(ctx, testenv.KamailioConfig{Name: "bad", Template: "#!KAMAILIO\nthis is not a config\n"})
+	_, err := testenv.StartKamailio(ctx, testenv.KamailioConfig{Name: "nomod",
+		Template: testenv.DefaultKamailioTemplate + "loadmodule \"no_such_module.so\"\n"})
+	if !errors.Is(err, testenv.ErrNotInstalled) || !strings.Contains(err.Error(), "no_such_module") {
+		t.Errorf("missing module: err = %v, want ErrNotInstalled naming the module", err)
+	}
+	_, err = testenv.StartKamailio(ctx, testenv.KamailioConfig{Name: "bad", Template: "#!KAMAILIO\nthis is not a config\n"})
 	if errors.Is(err, testenv.ErrNotInstalled) {
 		testenv.Missing(t, "kamailio", "apt-get install -y kamailio")
 	}
