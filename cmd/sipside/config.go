@@ -26,6 +26,8 @@ type Config struct {
 	MI    MIConfig          `toml:"mi"`
 	Input []evi.InputConfig `toml:"input"`
 	Route []evi.RouteConfig `toml:"route"`
+	// Subscribe lists the events sipside subscribes to at OpenSIPS.
+	Subscribe []evi.SubscribeConfig `toml:"subscribe"`
 
 	// Shutdown is how long SIGTERM waits for queued events to be delivered.
 	Shutdown evi.Duration `toml:"shutdown_timeout"`
@@ -186,6 +188,23 @@ func (c *Config) validate(src string) error {
 		}
 		seen[in.Listen] = true
 	}
+	for i, sc := range c.Subscribe {
+		if err := sc.Validate(); err != nil {
+			key, _, _ := strings.Cut(err.Error(), ":")
+			switch key {
+			case "target", "events", "socket", "expire", "check_interval":
+			default:
+				key = "socket"
+				if strings.Contains(err.Error(), "target") {
+					key = "target"
+				}
+			}
+			return bad(key, "subscribe", i, err)
+		}
+		if !listensOn(c.Input, sc.Socket) {
+			return bad("socket", "subscribe", i, fmt.Errorf("%q is not one of sipside's [[input]] listen strings: OpenSIPS would send the events where nobody listens", sc.Socket))
+		}
+	}
 	for i, r := range c.Route {
 		if err := (evi.Config{Routes: []evi.RouteConfig{r}}).Validate(); err != nil {
 			key := "to"
@@ -196,6 +215,17 @@ func (c *Config) validate(src string) error {
 		}
 	}
 	return nil
+}
+
+// listensOn tells whether socket is one of the inputs, written the same way:
+// OpenSIPS keys subscriptions by the exact socket string.
+func listensOn(inputs []evi.InputConfig, socket string) bool {
+	for _, in := range inputs {
+		if in.Listen == socket {
+			return true
+		}
+	}
+	return false
 }
 
 // unprefix drops evi's "input[0].listen: " prefix; the ConfigError names the key.

@@ -33,6 +33,10 @@ func TestParseConfig(t *testing.T) {
 		{"bad socket in second route", "[[route]]\nto = \"stdout:\"\n[[route]]\nevents = [\"E\"]\nto = \"virtual:failover udp:127.0.0.1:1\"\n", `:5: route[1].to:`},
 		{"bad glob", "[[route]]\nevents = [\"E_[\"]\nto = \"stdout:\"\n", `:2: route[0].events:`},
 		{"empty to", "[[route]]\nevents = [\"E\"]\n", `route[0].to`},
+		{"subscribe", "[[input]]\nlisten = \"udp:127.0.0.1:8090\"\n[[subscribe]]\ntarget = \"opensips:udp:127.0.0.1:8080\"\nevents = [\"E_UL_CONTACT_INSERT\"]\nsocket = \"udp:127.0.0.1:8090\"\nexpire = 120\n", ""},
+		{"subscribe socket nobody listens on", "[[subscribe]]\ntarget = \"opensips:udp:127.0.0.1:8080\"\nevents = [\"E_X\"]\nsocket = \"udp:127.0.0.1:9999\"\n", `:4: subscribe[0].socket: "udp:127.0.0.1:9999" is not one of sipside's [[input]]`},
+		{"subscribe kamailio", "[[subscribe]]\ntarget = \"kamailio:udp:127.0.0.1:8080\"\nevents = [\"E_X\"]\nsocket = \"udp:127.0.0.1:8090\"\n", `:2: subscribe[0].target:`},
+		{"subscribe glob", "[[subscribe]]\ntarget = \"opensips:udp:127.0.0.1:8080\"\nevents = [\"E_*\"]\nsocket = \"udp:127.0.0.1:8090\"\n", `:3: subscribe[0].events:`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

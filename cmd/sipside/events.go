@@ -5,7 +5,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"time"
@@ -27,8 +29,13 @@ Flags:
 `
 
 const eventsExample = `
+'sipside events status [--http HOST:PORT]' prints the running daemon's
+subscriptions and inputs (from its /api/status).
+
 Example:
   sipside events --listen udp:127.0.0.1:8090 --to stdout:
+  sipside events --listen udp:127.0.0.1:8090 --subscribe opensips:udp:127.0.0.1:8080 \
+      --event E_UL_CONTACT_INSERT --event E_UL_CONTACT_DELETE --to stdout:
   sipside events --listen udp:127.0.0.1:8090 --event 'E_UL_*' \
       --to 'virtual:FAILOVER udp:127.0.0.1:9001 udp:127.0.0.1:9002'
 `
@@ -40,7 +47,7 @@ func (l *listFlag) Set(s string) error { *l = append(*l, s); return nil }
 
 func cmdEvents(ctx context.Context, e *env, args []string) int {
 	if len(args) > 0 && args[0] == "status" {
-		return notBuilt(e, "events status", "reading a running daemon's subscriptions")
+		return cmdEventsStatus(ctx, e, args[1:])
 	}
 	fs := flag.NewFlagSet("events", flag.ContinueOnError)
 	fs.SetOutput(e.stderr)
@@ -48,7 +55,8 @@ func cmdEvents(ctx context.Context, e *env, args []string) int {
 	fs.Var(&listens, "listen", "input `SOCKET` (udp:HOST:PORT, unix:/path, tcp:HOST:PORT, evapi:HOST:PORT, stdin:); repeatable; default udp:127.0.0.1:8090")
 	fs.Var(&tos, "to", "destination `SOCKET STRING`; repeatable; default stdout:")
 	fs.Var(&evs, "event", "event name or glob `PATTERN` to route; repeatable; default all")
-	fs.Var(&subs, "subscribe", "MI `TARGET` to subscribe at (not built yet)")
+	fs.Var(&subs, "subscribe", "OpenSIPS MI `TARGET` to event_subscribe the --event names at, for the first --listen socket; repeatable")
+	expire := fs.Int("expire", 3600, "with --subscribe: subscription lifetime in `seconds`; refreshed at 2/3")
 	logLevel := fs.String("log-level", "warn", "log `LEVEL`: debug, info, warn, error")
 	fs.Usage = func() {
 		fmt.Fprint(e.stderr, eventsHelp)
@@ -61,11 +69,12 @@ func cmdEvents(ctx context.Context, e *env, args []string) int {
 		}
 		return exitUsage
 	}
-	if len(subs) > 0 {
-		return notBuilt(e, "events", "--subscribe (event_subscribe from the command line)")
-	}
 	if len(listens) == 0 {
 		listens = listFlag{"udp:127.0.0.1:8090"}
+	}
+	if len(subs) > 0 && len(evs) == 0 {
+		fmt.Fprintln(e.stderr, "sipside events: --subscribe needs the event names: --event E_UL_CONTACT_INSERT …")
+		return exitUsage
 	}
 	if len(tos) == 0 {
 		tos = listFlag{"stdout:"}
@@ -92,14 +101,29 @@ func cmdEvents(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "%s undelivered: route=%s event=%s: %v\n", time.Now().Format(time.RFC3339), route, ev.Name, err)
 		return err
 	}
+	var subscribers []*evi.Subscriber
+	for _, target := range subs {
+		sub, err := evi.NewSubscriber(evi.SubscribeConfig{Target: target, Events: evs, Socket: listens[0], Expire: *expire}, reg, log)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "sipside events: --subscribe %s: %v\n", target, err)
+			return exitUsage
+		}
+		subscribers = append(subscribers, sub)
+	}
 	pipe, err := evi.NewPipeline(cfg, evi.Deps{Stdin: e.stdin, Stdout: evi.LockWriter(e.stdout), Log: log, Metrics: reg}, m, onFailure)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "sipside events: %v\n", err)
 		return exitUsage
 	}
+	var wg sync.WaitGroup
+	for _, sub := range subscribers {
+		wg.Add(1)
+		go func() { defer wg.Done(); sub.Run(ctx) }()
+	}
 	if err := pipe.Run(ctx, 4*time.Second); err != nil {
 		fmt.Fprintf(e.stderr, "sipside events: %v\n", err)
 	}
+	wg.Wait()
 	fmt.Fprint(e.stderr, "\nsummary:\n")
 	printSummary(e, reg)
 	return exitOK
@@ -117,4 +141,48 @@ func printSummary(e *env, reg *metrics.Registry) {
 			}
 		}
 	}
+}
+
+func cmdEventsStatus(ctx context.Context, e *env, args []string) int {
+	fs := flag.NewFlagSet("events status", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	addr := fs.String("http", "", "the daemon's observability `HOST:PORT` (default: [http] listen of -c, else "+defaultHTTPListen+")")
+	cfgPath := fs.String("c", "", "config `FILE` to read [http] listen from")
+	fs.Usage = func() {
+		fmt.Fprint(e.stderr, "Usage: sipside events status [--http HOST:PORT | -c FILE]\n\nPrints the running daemon's event subscriptions (state, expiry, last error) and inputs as JSON.\n\nFlags:\n")
+		fs.PrintDefaults()
+		fmt.Fprint(e.stderr, "\nExample:\n  sipside events status --http 127.0.0.1:9690\n")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if *addr == "" {
+		*addr = defaultHTTPListen
+		if *cfgPath != "" {
+			cfg, err := loadConfigFile(*cfgPath)
+			if err != nil {
+				fmt.Fprintf(e.stderr, "sipside events status: %v\n", err)
+				return exitFailure
+			}
+			*addr = cfg.HTTP.Listen
+		}
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(cctx, "GET", "http://"+*addr+"/api/status", nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "sipside events status: %v (is sipside run listening on %s? see [http] listen)\n", err, *addr)
+		return exitUsage
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(e.stderr, "sipside events status: %s answered %s\n", *addr, resp.Status)
+		return exitFailure
+	}
+	io.Copy(e.stdout, resp.Body)
+	return exitOK
 }

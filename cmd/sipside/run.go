@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -11,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sort"
 	"syscall"
 	"time"
 
@@ -121,6 +123,8 @@ type daemon struct {
 	log   *slog.Logger
 	level *slog.LevelVar
 	reg   *metrics.Registry
+	subs  *subscriptions
+	pipe  *evi.Pipeline
 }
 
 func (d *daemon) run(ctx context.Context, cfg *Config) error {
@@ -130,6 +134,8 @@ func (d *daemon) run(ctx context.Context, cfg *Config) error {
 	if err != nil {
 		return err
 	}
+	d.pipe = pipe
+	d.subs = newSubscriptions(d.reg, d.log)
 	var ln net.Listener
 	if cfg.HTTP.Listen != "off" {
 		ln, err = net.Listen("tcp", cfg.HTTP.Listen)
@@ -157,6 +163,8 @@ func (d *daemon) run(ctx context.Context, cfg *Config) error {
 			return srv.Shutdown(sctx)
 		})
 	}
+	d.subs.apply(gctx, cfg.Subscribe)
+	g.Go(func() error { <-gctx.Done(); d.subs.wait(); return nil })
 	g.Go(func() error { d.reloadOnHUP(gctx, pipe, cfg); return nil })
 	err = g.Wait()
 	d.log.Info("sipside stopped")
@@ -184,6 +192,7 @@ func (d *daemon) reloadOnHUP(ctx context.Context, pipe *evi.Pipeline, cur *Confi
 			d.log.Error("config reload refused; the running config stays", "error", err)
 			continue
 		}
+		d.subs.apply(ctx, next.Subscribe)
 		if l, err := parseLevel(next.Log.Level); err == nil && d.flags.logLevel == "" {
 			d.level.Set(l)
 		}
@@ -203,9 +212,34 @@ func (d *daemon) handler() http.Handler {
 			d.log.Debug("writing /metrics", "error", err)
 		}
 	})
+	mux.HandleFunc("GET /api/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(d.status())
+	})
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")
 	})
 	return mux
+}
+
+// status is what /api/status serves and `sipside events status` prints.
+type status struct {
+	Version       string                  `json:"version"`
+	Inputs        []string                `json:"inputs"`
+	Subscriptions []evi.SubscriptionState `json:"subscriptions"`
+}
+
+func (d *daemon) status() status {
+	st := status{Version: version(), Subscriptions: d.subs.states()}
+	if d.pipe != nil {
+		st.Inputs = d.pipe.Inputs()
+		sort.Strings(st.Inputs)
+	}
+	if st.Subscriptions == nil {
+		st.Subscriptions = []evi.SubscriptionState{}
+	}
+	return st
 }

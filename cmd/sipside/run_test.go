@@ -267,3 +267,51 @@ func TestRunPortInUse(t *testing.T) {
 		t.Errorf("err=%v out=%s", err, out)
 	}
 }
+
+// The daemon subscribes at OpenSIPS (emulator, or real with OPENSIPS_BIN),
+// events raised by the proxy come out on stdout, `sipside events status`
+// shows the subscription, and SIGTERM unsubscribes.
+func TestRunSubscribes(t *testing.T) {
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{})
+	input := fmt.Sprintf("udp:127.0.0.1:%d", testenv.FreePort(t, "udp", "127.0.0.1"))
+	httpAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t, "tcp", "127.0.0.1"))
+	cfgPath := filepath.Join(t.TempDir(), "sipside.toml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf(`[http]
+listen = %q
+[[input]]
+listen = %q
+[[subscribe]]
+target = %q
+events = ["E_MY_EVENT"]
+socket = %q
+check_interval = "200ms"
+`, httpAddr, input, o.Target("udp"), input)), 0o644)
+	d := startDaemon(t, "-c", cfgPath)
+	d.waitLog(t, "subscribed")
+	if err := o.Raise("E_MY_EVENT", `{"count":7,"from":"sip:lab@127.0.0.1"}`); err != nil {
+		t.Fatal(err)
+	}
+	if l := d.nextLine(t); !strings.Contains(l, `"event":"E_MY_EVENT","params":{"count":7,"from":"sip:lab@127.0.0.1"}`) {
+		t.Errorf("stdout: %s", l)
+	}
+	e, out := testEnv()
+	if code := dispatch(t.Context(), e, []string{"events", "status", "--http", httpAddr}); code != exitOK {
+		t.Fatalf("events status: exit %d: %s", code, out)
+	}
+	var st status
+	if err := json.Unmarshal([]byte(out.String()), &st); err != nil {
+		t.Fatalf("events status output: %v\n%s", err, out)
+	}
+	if len(st.Subscriptions) != 1 || st.Subscriptions[0].State != "active" || st.Subscriptions[0].Socket != input || len(st.Inputs) != 1 {
+		t.Errorf("status = %+v", st)
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if err := <-d.done; err != nil {
+		t.Errorf("exit: %v", err)
+	}
+	for _, s := range o.Subscriptions() {
+		if s.Socket == input && s.TTL > 0 {
+			t.Errorf("still subscribed after SIGTERM: %+v", s)
+		}
+	}
+}
