@@ -85,7 +85,7 @@ func (b *flatstoreBackend) String() string { return "flatstore:" + b.path }
 func (b *flatstoreBackend) open() (*os.File, error) {
 	f, err := os.OpenFile(b.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, flatstoreMode)
 	if err != nil {
-		return nil, fmt.Errorf("flatstore: open %s: %w (check the directory exists and is writable)", b.path, err)
+		return nil, fmt.Errorf("flatstore: %w (check the directory exists and is writable)", err)
 	}
 	return f, nil
 }
@@ -107,7 +107,7 @@ func (b *flatstoreBackend) Deliver(_ context.Context, ev *Event) error {
 		// Reopen on the next event: the file system may have come back.
 		b.f.Close()
 		b.f = nil
-		return fmt.Errorf("flatstore: write %s: %w", b.path, err)
+		return fmt.Errorf("flatstore: %w", err)
 	}
 	return nil
 }

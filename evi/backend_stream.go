@@ -44,6 +44,7 @@ type streamBackend struct {
 
 // streamOutConn is one connection and, in reliable mode, the replies it waits for.
 type streamOutConn struct {
+	addr string
 	c    net.Conn
 	done chan struct{} // closed when the reader saw the connection end
 
@@ -153,9 +154,9 @@ func (b *streamBackend) connLocked(ctx context.Context) (*streamOutConn, error) 
 	if err != nil {
 		return nil, fmt.Errorf("tcp %s: connect: %w (is the receiver listening?)", b.addr, err)
 	}
-	sc := &streamOutConn{c: c, done: make(chan struct{}), pending: make(map[int64]chan error)}
+	sc := &streamOutConn{addr: b.addr, c: c, done: make(chan struct{}), pending: make(map[int64]chan error)}
 	if b.reliable {
-		go sc.read(b.addr)
+		go sc.read()
 	} else {
 		go sc.discard()
 	}
@@ -190,7 +191,7 @@ func (sc *streamOutConn) discard() {
 // read matches the receiver's JSON-RPC replies to the events waiting for
 // them (reliable mode). Anything that is not a reply with a numeric id ends
 // the connection, as it does in OpenSIPS.
-func (sc *streamOutConn) read(addr string) {
+func (sc *streamOutConn) read() {
 	dec := json.NewDecoder(sc.c)
 	for {
 		var r streamOutReply
@@ -215,7 +216,7 @@ func (sc *streamOutConn) read(addr string) {
 		}
 		var res error
 		if r.Error != nil { // any "error" member fails the event, even null
-			res = fmt.Errorf("tcp %s: receiver answered id %d with error %s", addr, id, r.Error)
+			res = fmt.Errorf("tcp %s: receiver answered id %d with error %s", sc.addr, id, r.Error)
 		}
 		sc.mu.Lock()
 		ch := sc.pending[id]
@@ -254,7 +255,7 @@ func (sc *streamOutConn) close(err error) {
 	sc.c.Close()
 	close(sc.done)
 	for id, ch := range sc.pending {
-		ch <- fmt.Errorf("connection lost before the reply to id %d: %w", id, err)
+		ch <- fmt.Errorf("tcp %s: connection lost before the reply to id %d: %w", sc.addr, id, err)
 		delete(sc.pending, id)
 	}
 }
