@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sipside/sipside/mi"
 	"github.com/sipside/sipside/testenv"
@@ -122,5 +125,55 @@ func TestCmdMIKamailio(t *testing.T) {
 		if code != 1 || !strings.Contains(stderr, "htable.get: 500 Key name doesn't exist in htable.") {
 			t.Errorf("%s: exit %d, stderr %q", target, code, stderr)
 		}
+	}
+}
+
+// BenchmarkProcessCoreVersion times one core.version per process, the way an operator
+// or a script runs it: sipside mi over each transport, kamcmd (binrpc over ctl) and
+// kamctl rpc (jsonrpcs FIFO from a shell script). Run it as
+//
+//	go test -run XXX -bench ProcessCoreVersion -benchtime 200x ./cmd/sipside
+//
+// for 200 calls of each; it reports the median and p90 wall time per call.
+func BenchmarkProcessCoreVersion(b *testing.B) {
+	// kamctl makes its reply FIFO in /tmp and passes only the name
+	tmpl := strings.Replace(testenv.DefaultKamailioTemplate, `"fifo_reply_dir", "{{.Dir}}/"`, `"fifo_reply_dir", "/tmp/"`, 1)
+	k := testenv.NewKamailio(b, testenv.KamailioConfig{Name: "procbench", Template: tmpl})
+	bin := filepath.Join(b.TempDir(), "sipside")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		b.Fatalf("go build: %v\n%s", err, out)
+	}
+	tools := []struct {
+		name string
+		argv []string
+		env  []string
+	}{
+		{"sipside-mi-udp", []string{bin, "mi", "-t", k.MITargetUDP(), "core.version"}, nil},
+		{"sipside-mi-http", []string{bin, "mi", "-t", k.MITargetHTTP(), "core.version"}, nil},
+		{"sipside-mi-fifo", []string{bin, "mi", "-t", k.MITargetFIFO(), "--reply-dir", "/tmp", "core.version"}, nil},
+		{"kamcmd", []string{"kamcmd", "-s", "unix:" + k.CtlSock, "core.version"}, nil},
+		{"kamctl-rpc", []string{"kamctl", "rpc", "core.version"}, []string{"RPCFIFOPATH=" + k.FIFO}},
+	}
+	for _, tool := range tools {
+		b.Run(tool.name, func(b *testing.B) {
+			if _, err := exec.LookPath(tool.argv[0]); err != nil {
+				testenv.Missing(b, tool.argv[0], "apt-get install -y kamailio")
+			}
+			times := make([]time.Duration, 0, b.N)
+			for range b.N {
+				cmd := exec.Command(tool.argv[0], tool.argv[1:]...)
+				cmd.Env = append(os.Environ(), tool.env...)
+				t0 := time.Now()
+				out, err := cmd.CombinedOutput()
+				times = append(times, time.Since(t0))
+				if err != nil || !strings.Contains(string(out), "5.6.3") {
+					b.Fatalf("%s: %v\n%s", strings.Join(tool.argv, " "), err, out)
+				}
+			}
+			slices.Sort(times)
+			b.ReportMetric(float64(times[len(times)/2].Microseconds())/1000, "median-ms")
+			b.ReportMetric(float64(times[len(times)*9/10].Microseconds())/1000, "p90-ms")
+			b.ReportMetric(0, "ns/op")
+		})
 	}
 }
