@@ -172,6 +172,9 @@ func (b *Bridge) Ready(ctx context.Context) error {
 	return err
 }
 
+// LastError says why the latest broker connection attempt failed, or nil.
+func (b *Bridge) LastError() error { return b.mgr.LastError() }
+
 // Addrs returns the JSON-RPC listeners' actual addresses by kind (useful with port 0).
 func (b *Bridge) Addrs() map[string]string {
 	if b.srv == nil {

@@ -1,7 +1,324 @@
 package main
 
-import "context"
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sipside/sipside/internal/rabbit"
+	"github.com/sipside/sipside/kazoo"
+)
+
+const amqpUsage = `Usage: sipside amqp publish|query|consume [FLAGS]
+
+One-shot AMQP tools on the code of the kazoo bridge:
+  publish   publish --payload and wait for the broker's confirm
+  query     publish --payload with a correlation id and print the reply
+            (RabbitMQ direct reply-to; with --kazoo, Kazoo's Msg-ID/Server-ID and
+            the targeted exchange)
+  consume   bind a temporary queue to --exchange with --routing-key and print one
+            JSON line per message: {"exchange","routing_key","content_type",
+            "correlation_id","reply_to","body"} (body as JSON when it is JSON)
+
+Broker (first found): --broker, $SIPSIDE_AMQP, amqp://guest:guest@127.0.0.1:5672/.
+
+Exit status: 0 success, 1 failure (unroutable, nacked, no reply, broker down),
+2 bad usage.
+
+Flags:
+`
+
+const amqpExample = `
+Examples:
+  sipside amqp publish --exchange callmgr --routing-key route.req.x --payload '{"user":"alice"}'
+  sipside amqp query --exchange callmgr --routing-key route.req.lookup --payload '{"user":"alice"}' --timeout 2s
+  sipside amqp consume --exchange callmgr --routing-key 'route.#' --count 10
+  echo '{"Event-Category":"sipcmd"}' | sipside amqp query --kazoo --exchange kamailio --routing-key q --payload -
+`
+
+const defaultBroker = "amqp://guest:guest@127.0.0.1:5672/"
+
+type amqpFlags struct {
+	broker, exchange, key, payload, contentType string
+	timeout                                     time.Duration
+	kazoo, persistent                           bool
+	count                                       int
+}
 
 func cmdAMQP(ctx context.Context, e *env, args []string) int {
-	return notBuilt(e, "amqp", "the AMQP bridge")
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		fs, _ := amqpFlagSet(e, "")
+		fs.Usage()
+		if len(args) == 0 {
+			return exitUsage
+		}
+		return exitOK
+	}
+	verb := args[0]
+	switch verb {
+	case "publish", "query", "consume":
+	default:
+		fmt.Fprintf(e.stderr, "sipside amqp: unknown action %q: want publish, query or consume (try 'sipside amqp --help')\n", verb)
+		return exitUsage
+	}
+	fs, f := amqpFlagSet(e, verb)
+	if err := fs.Parse(args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "sipside amqp %s: unexpected argument %q\n", verb, fs.Arg(0))
+		return exitUsage
+	}
+	if f.broker == "" {
+		f.broker = e.getenv("SIPSIDE_AMQP")
+	}
+	if f.broker == "" {
+		f.broker = defaultBroker
+	}
+	if f.key == "" && verb != "consume" {
+		fmt.Fprintf(e.stderr, "sipside amqp %s: --routing-key is required\n", verb)
+		return exitUsage
+	}
+	if verb == "consume" {
+		return amqpConsume(ctx, e, f)
+	}
+	body, err := amqpPayload(e, f.payload)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "sipside amqp %s: %v\n", verb, err)
+		return exitUsage
+	}
+	return amqpSend(ctx, e, verb, f, body)
+}
+
+func amqpFlagSet(e *env, verb string) (*flag.FlagSet, *amqpFlags) {
+	f := &amqpFlags{}
+	fs := flag.NewFlagSet("amqp "+verb, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.StringVar(&f.broker, "broker", "", "broker `URL`, amqp://user:pw@host:port/vhost or amqps://… (default $SIPSIDE_AMQP or "+defaultBroker+")")
+	fs.StringVar(&f.exchange, "exchange", "", "`EXCHANGE` to publish to or bind to (\"\" is the default exchange)")
+	fs.StringVar(&f.key, "routing-key", "", "routing `KEY` (consume: binding pattern, default #)")
+	fs.StringVar(&f.payload, "payload", "", "message body: `JSON` or any text; - reads stdin")
+	fs.StringVar(&f.contentType, "content-type", "application/json", "content type of the message")
+	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "publish/query: give up after `DURATION`; consume: stop after it (0 = until interrupted)")
+	fs.BoolVar(&f.kazoo, "kazoo", false, "add Kazoo's Msg-ID, Server-ID, Node, App-Name, App-Version; query replies come on the targeted exchange")
+	fs.BoolVar(&f.persistent, "persistent", false, "publish with delivery_mode 2 (survives a broker restart in a durable queue)")
+	fs.IntVar(&f.count, "count", 0, "consume: stop after `N` messages (0 = no limit)")
+	fs.Usage = func() {
+		fmt.Fprint(e.stderr, amqpUsage)
+		fs.PrintDefaults()
+		fmt.Fprint(e.stderr, amqpExample)
+	}
+	return fs, f
+}
+
+func amqpPayload(e *env, p string) ([]byte, error) {
+	if p == "-" {
+		b, err := io.ReadAll(e.stdin)
+		if err != nil {
+			return nil, fmt.Errorf("read payload from stdin: %w", err)
+		}
+		return bytes.TrimRight(b, "\r\n"), nil
+	}
+	if p == "" {
+		return nil, errors.New("--payload is required (JSON text, or - to read stdin)")
+	}
+	return []byte(p), nil
+}
+
+// cliLogger keeps the bridge's retry chatter off the terminal; failures are reported
+// once, with the broker's last error, when the command gives up.
+func cliLogger(e *env) *slog.Logger {
+	if e.getenv("SIPSIDE_DEBUG") != "" {
+		return slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func unreachable(broker string, d time.Duration, last error) string {
+	why := ""
+	if last != nil {
+		why = " (" + last.Error() + ")"
+	}
+	return fmt.Sprintf("cannot reach %s within %v%s: is RabbitMQ running there, and are the credentials and vhost right?", rabbit.Redact(broker), d, why)
+}
+
+func amqpSend(ctx context.Context, e *env, verb string, f *amqpFlags, body []byte) int {
+	cfg := kazoo.Config{}
+	cfg.AMQP.Brokers = []string{f.broker}
+	cfg.AMQP.Kazoo = f.kazoo
+	cfg.AMQP.PublishTimeout = kazoo.Duration(f.timeout)
+	cfg.AMQP.QueryTimeout = kazoo.Duration(f.timeout)
+	b, err := kazoo.New(cfg, kazoo.Options{Logger: cliLogger(e), Version: version()})
+	if err != nil {
+		fmt.Fprintf(e.stderr, "sipside amqp %s: %v\n", verb, err)
+		return exitUsage
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	deadline, dcancel := context.WithTimeout(ctx, f.timeout)
+	defer dcancel()
+	if err := b.Ready(deadline); err != nil {
+		fmt.Fprintf(e.stderr, "sipside amqp %s: %s\n", verb, unreachable(f.broker, f.timeout, b.LastError()))
+		return exitFailure
+	}
+	req := kazoo.PublishRequest{Exchange: f.exchange, RoutingKey: f.key, Body: body, ContentType: f.contentType, Persistent: f.persistent}
+	if verb == "publish" {
+		id, err := b.Publish(ctx, req)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "sipside amqp publish: %v\n", err)
+			return exitFailure
+		}
+		if id != "" {
+			fmt.Fprintf(e.stdout, "confirmed, Msg-ID %s\n", id)
+		} else {
+			fmt.Fprintln(e.stdout, "confirmed")
+		}
+		return exitOK
+	}
+	reply, err := b.Query(ctx, kazoo.QueryRequest{PublishRequest: req, Timeout: f.timeout})
+	if err != nil {
+		fmt.Fprintf(e.stderr, "sipside amqp query: %v\n", err)
+		return exitFailure
+	}
+	e.stdout.Write(append(reply, '\n'))
+	return exitOK
+}
+
+func amqpConsume(ctx context.Context, e *env, f *amqpFlags) int {
+	if f.key == "" {
+		f.key = "#"
+	}
+	m, err := rabbit.New(rabbit.Config{URLs: []string{f.broker}, Name: "sipside amqp consume", Logger: cliLogger(e)})
+	if err != nil {
+		fmt.Fprintf(e.stderr, "sipside amqp consume: %v\n", err)
+		return exitUsage
+	}
+	if f.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, f.timeout)
+		defer cancel()
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	msgs := make(chan amqp.Delivery, 64)
+	setupErr := make(chan error, 1)
+	// A hook, so that after a reconnect the queue is declared and bound again.
+	_, _ = m.OnConnect(ctx, func(ctx context.Context, conn *amqp.Connection) error {
+		err := consumeSetup(ctx, conn, f, msgs)
+		if err != nil {
+			select {
+			case setupErr <- err:
+			default:
+			}
+			cancel()
+		}
+		return err
+	})
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	n := 0
+	for {
+		select {
+		case d := <-msgs:
+			line, _ := json.Marshal(struct {
+				Exchange      string          `json:"exchange"`
+				RoutingKey    string          `json:"routing_key"`
+				ContentType   string          `json:"content_type,omitempty"`
+				CorrelationID string          `json:"correlation_id,omitempty"`
+				ReplyTo       string          `json:"reply_to,omitempty"`
+				Body          json.RawMessage `json:"body"`
+			}{d.Exchange, d.RoutingKey, d.ContentType, d.CorrelationId, d.ReplyTo, bodyJSON(d.Body)})
+			e.stdout.Write(append(line, '\n'))
+			n++
+			if f.count > 0 && n >= f.count {
+				return exitOK
+			}
+		case err := <-setupErr:
+			fmt.Fprintf(e.stderr, "sipside amqp consume: %v\n", err)
+			return exitFailure
+		case <-ctx.Done():
+			select {
+			case err := <-setupErr:
+				fmt.Fprintf(e.stderr, "sipside amqp consume: %v\n", err)
+				return exitFailure
+			default:
+			}
+			if m.Current() == nil && n == 0 {
+				fmt.Fprintf(e.stderr, "sipside amqp consume: %s\n", unreachable(f.broker, f.timeout, m.LastError()))
+				return exitFailure
+			}
+			if f.count > 0 && n < f.count {
+				fmt.Fprintf(e.stderr, "sipside amqp consume: stopped after %d of %d messages\n", n, f.count)
+				return exitFailure
+			}
+			return exitOK
+		}
+	}
+}
+
+func consumeSetup(ctx context.Context, conn *amqp.Connection, f *amqpFlags, out chan<- amqp.Delivery) error {
+	if f.exchange != "" {
+		// Passive: an operator's tool must not create exchanges by typo.
+		if err := rabbit.ExchangeExists(ctx, conn, f.exchange); err != nil {
+			return err
+		}
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		return fmt.Errorf("declare a temporary queue: %w", err)
+	}
+	if f.exchange != "" {
+		for _, k := range strings.Split(f.key, ",") {
+			if err := ch.QueueBind(q.Name, k, f.exchange, false, nil); err != nil {
+				return fmt.Errorf("bind to %q with %q: %w", f.exchange, k, err)
+			}
+		}
+	}
+	ds, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	if err != nil {
+		return fmt.Errorf("consume: %w", err)
+	}
+	go func() {
+		for d := range ds {
+			select {
+			case out <- d:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return nil
+}
+
+// bodyJSON is the body itself when it is JSON, else the body as a JSON string.
+func bodyJSON(b []byte) json.RawMessage {
+	if json.Valid(b) {
+		var buf bytes.Buffer
+		if json.Compact(&buf, b) == nil {
+			return buf.Bytes()
+		}
+	}
+	s, _ := json.Marshal(string(b))
+	return s
 }

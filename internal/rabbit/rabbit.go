@@ -87,6 +87,7 @@ type Manager struct {
 	setup   *Session      // the session whose hooks are running
 	ready   chan struct{} // closed when sess becomes non-nil; replaced when it goes nil
 	stopped bool
+	lastErr error // why the latest connect attempt failed
 
 	m managerMetrics
 }
@@ -206,6 +207,20 @@ func (m *Manager) OnConnect(ctx context.Context, fn Hook) (remove func(), err er
 	return remove, err
 }
 
+func (m *Manager) setLastErr(err error) {
+	m.mu.Lock()
+	m.lastErr = err
+	m.mu.Unlock()
+}
+
+// LastError returns why the latest connection attempt failed (nil if it worked), for
+// messages such as "cannot reach the broker: dial tcp …: connection refused".
+func (m *Manager) LastError() error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.lastErr
+}
+
 // Current returns the live session, or nil.
 func (m *Manager) Current() *Session {
 	m.mu.Lock()
@@ -303,6 +318,7 @@ func (m *Manager) connectRound(ctx context.Context) *Session {
 		broker := Redact(u)
 		conn, err := m.dial(u)
 		if err != nil {
+			m.setLastErr(fmt.Errorf("%s: %w", broker, err))
 			m.m.connects.With(m.cfg.Name, broker, "dial_error").Inc()
 			m.log.Warn("AMQP connect failed", "broker", broker, "err", err)
 			continue
@@ -312,6 +328,7 @@ func (m *Manager) connectRound(ctx context.Context) *Session {
 		blockCh := conn.NotifyBlocked(make(chan amqp.Blocking, 4))
 		go m.watch(s, closeCh, blockCh)
 		if err := m.runHooks(ctx, s); err != nil {
+			m.setLastErr(fmt.Errorf("%s: setup: %w", broker, err))
 			m.m.connects.With(m.cfg.Name, broker, "setup_error").Inc()
 			m.m.hookErrs.Inc()
 			m.log.Error("AMQP setup after connect failed; dropping the connection", "broker", broker, "err", err)
@@ -319,6 +336,7 @@ func (m *Manager) connectRound(ctx context.Context) *Session {
 			<-s.done
 			continue
 		}
+		m.setLastErr(nil)
 		m.m.connects.With(m.cfg.Name, broker, "ok").Inc()
 		m.log.Info("AMQP connected", "broker", broker)
 		return s
