@@ -483,3 +483,81 @@ func TestCloseFailsCallsInFlight(t *testing.T) {
 		t.Errorf("after Close: %v", err)
 	}
 }
+
+func TestUnixDatagramTruncatedReply(t *testing.T) {
+	f := newFake(t, Kamailio, "unix")
+	big := `{"jsonrpc":"2.0","result":"` + strings.Repeat("x", 4000) + `","id":1}`
+	f.setReply(func([]byte) [][]byte { return [][]byte{[]byte(big)} })
+	reg := metrics.New()
+	c := newClient(t, f.target, Options{Metrics: reg, SocketDir: t.TempDir()})
+	c.tr.(*dgram).readBuf = 1024
+	_, err := c.Call(context.Background(), "core.psx", nil)
+	if err == nil || !strings.Contains(err.Error(), "reply over 1024 bytes was truncated") {
+		t.Fatalf("err = %v", err)
+	}
+	if n := reg.Counter("sipside_mi_replies_dropped_total", "", "target", "reason").With(c.name, "truncated").Value(); n != 1 {
+		t.Errorf("truncated drops = %d", n)
+	}
+}
+
+func TestCallCancelled(t *testing.T) {
+	f := newFake(t, OpenSIPS, "udp")
+	f.setReply(func([]byte) [][]byte { return nil })
+	c := newClient(t, f.target, Options{})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() {
+		f.next()
+		cancel()
+	}()
+	_, err := c.Call(ctx, "version", nil)
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "call cancelled after") {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestMetricsExposed(t *testing.T) {
+	f := newFake(t, OpenSIPS, "udp")
+	reg := metrics.New()
+	c := newClient(t, f.target, Options{Metrics: reg})
+	if _, err := c.Call(context.Background(), "version", nil); err != nil {
+		t.Fatal(err)
+	}
+	var b strings.Builder
+	if _, err := reg.WriteTo(&b); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`sipside_mi_calls_total{target="` + f.target + `",method="version",outcome="ok"} 1`,
+		`sipside_mi_call_duration_seconds_count{target="` + f.target + `",method="version"} 1`,
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+// TestHTTPWrongPath: a URL that is not the MI root gets a clear error, not a parse failure.
+func TestHTTPWrongPath(t *testing.T) {
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			buf := make([]byte, 4096)
+			_, _ = c.Read(buf)
+			fmt.Fprint(c, "HTTP/1.1 404 Not Found\r\nSia: SIP/2.0/TCP 127.0.0.1:1\r\nContent-Type: text/plain\r\nServer: kamailio (5.6.3 (x86_64/linux))\r\nContent-Length: 17\r\n\r\nwrong url /other\n")
+			c.Close()
+		}
+	}()
+	c := newClient(t, "kamailio:http://"+l.Addr().String()+"/other", Options{})
+	_, err = c.Call(context.Background(), "core.version", nil)
+	if err == nil || !strings.Contains(err.Error(), "HTTP 404 Not Found from "+l.Addr().String()+": is /other the MI path?") {
+		t.Fatalf("err = %v", err)
+	}
+}

@@ -33,6 +33,7 @@ var socketSeq atomic.Uint64
 type dgram struct {
 	t         Target
 	socketDir string
+	readBuf   int // bytes; a longer unix datagram is truncated
 	drop      func(reason string, b []byte)
 
 	mu      sync.Mutex
@@ -51,7 +52,7 @@ func newDgram(t Target, socketDir string, drop func(string, []byte)) *dgram {
 	if socketDir == "" {
 		socketDir = os.TempDir()
 	}
-	return &dgram{t: t, socketDir: socketDir, drop: drop, pending: make(map[uint32]chan dgramReply)}
+	return &dgram{t: t, socketDir: socketDir, readBuf: unixReadBuf, drop: drop, pending: make(map[uint32]chan dgramReply)}
 }
 
 func (d *dgram) maxRequest() int {
@@ -153,9 +154,9 @@ func (d *dgram) open() error {
 }
 
 func (d *dgram) readLoop(conn net.Conn) {
-	size := 65536
+	size := 65536 // the largest UDP payload fits
 	if d.t.Transport == Unix {
-		size = unixReadBuf
+		size = d.readBuf
 	}
 	buf := make([]byte, size)
 	var p fastjson.Parser
@@ -185,7 +186,7 @@ func (d *dgram) readLoop(conn net.Conn) {
 		}
 		body := append([]byte(nil), buf[:n]...)
 		if trunc {
-			d.drop("truncated", body)
+			d.truncated(body, size)
 			continue
 		}
 		d.dispatch(&p, body)
@@ -243,6 +244,26 @@ func (d *dgram) dispatch(p *fastjson.Parser, body []byte) {
 	case ch <- dgramReply{body: body}:
 	default:
 		d.drop("duplicate", body)
+	}
+}
+
+// truncated handles a reply longer than the read buffer: its id may be cut off, so
+// it fails the call only when exactly one is waiting.
+func (d *dgram) truncated(body []byte, size int) {
+	d.mu.Lock()
+	var ch chan dgramReply
+	if len(d.pending) == 1 {
+		for _, c := range d.pending {
+			ch = c
+		}
+	}
+	d.mu.Unlock()
+	d.drop("truncated", body)
+	if ch != nil {
+		select {
+		case ch <- dgramReply{err: fmt.Errorf("reply over %d bytes was truncated: use http or fifo for it", size)}:
+		default:
+		}
 	}
 }
 

@@ -132,3 +132,22 @@ func TestKamailioConcurrentDatagrams(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestKamailioUnixDatagram: jsonrpcs on a unix datagram socket answers to the path
+// the client bound.
+func TestKamailioUnixDatagram(t *testing.T) {
+	const udp = `"dgram_socket", "udp:{{.Addr}}:{{.RPCUDPPort}}"`
+	if !strings.Contains(testenv.DefaultKamailioTemplate, udp) {
+		t.Fatalf("testenv's template no longer has %s", udp)
+	}
+	tmpl := strings.Replace(testenv.DefaultKamailioTemplate, udp, `"dgram_socket", "{{.Dir}}/jsonrpc.sock"`, 1)
+	k := testenv.NewKamailio(t, testenv.KamailioConfig{Name: "miunix", Template: tmpl})
+	c := newClient(t, "kamailio:unix:"+k.Dir+"/jsonrpc.sock", Options{SocketDir: t.TempDir()})
+	for _, tc := range []miCase{
+		{name: "no params", method: "core.version", want: `"kamailio 5.6.3 (x86_64/linux) "`},
+		{name: "positional", method: "core.echo", params: []string{"x"}, want: `["x"]`},
+		{name: "command error", method: "htable.get", params: []string{"t", "nosuchkey"}, errCode: 500, errText: "Key name doesn't exist in htable."},
+	} {
+		checkCall(t, c, tc)
+	}
+}
