@@ -351,12 +351,12 @@ func (k *Kamailio) start(ctx context.Context) error {
 	}
 }
 
-// Stop stops the node with SIGTERM (SIGKILL to its process group after 10 s). The ports and
+// Stop stops the node with SIGTERM (SIGKILL to its process group after 5 s). The ports and
 // the directory stay reserved for Restart.
 func (k *Kamailio) Stop() error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.stopLocked(10 * time.Second)
+	return k.stopLocked(5 * time.Second)
 }
 
 func (k *Kamailio) stopLocked(grace time.Duration) error {
