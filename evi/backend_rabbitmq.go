@@ -162,6 +162,24 @@ func parseRabbitMQSocket(rest string) (rabbitmqSocket, error) {
 	return s, nil
 }
 
+// redactRabbitMQ hides the password of a rabbitmq: socket string's rest, the
+// way the module's parser finds it: between the first ':' and the first '@'
+// before the first '/'. Everything else stays verbatim, so that a routing
+// key holding '@' or ':' neither hides the host nor shows the password (it
+// does with the generic Redact, which looks for the last '@').
+func redactRabbitMQ(rest string) string {
+	authority, _, _ := strings.Cut(rest, "/")
+	at := strings.IndexByte(authority, '@')
+	if at < 0 {
+		return rest
+	}
+	colon := strings.IndexByte(authority[:at], ':')
+	if colon < 0 {
+		return rest
+	}
+	return rest[:colon+1] + "xxxxx" + rest[at:]
+}
+
 func unescapeRMQ(what, s string) (string, error) {
 	if !strings.Contains(s, "%") {
 		return s, nil

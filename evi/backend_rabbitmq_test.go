@@ -249,3 +249,18 @@ func TestRabbitMQBrokerRestart(t *testing.T) {
 		t.Fatal("a failed delivery reached the queue")
 	}
 }
+
+func TestRedactRabbitMQ(t *testing.T) {
+	for rest, want := range map[string]string{
+		"u:secret@h/k":          "u:xxxxx@h/k",
+		"u:secret@h:5672/k@x":   "u:xxxxx@h:5672/k@x",
+		"u:secret@h/k:v@x":      "u:xxxxx@h/k:v@x",
+		"u@h/k:s@x":             "u@h/k:s@x",
+		"h:5672/exchange=e?k@x": "h:5672/exchange=e?k@x",
+		"u:p:q@h/k":             "u:xxxxx@h/k",
+	} {
+		if got := redactRabbitMQ(rest); got != want {
+			t.Errorf("redactRabbitMQ(%q) = %q, want %q", rest, got, want)
+		}
+	}
+}
