@@ -25,7 +25,7 @@ type bus struct {
 	nodes []*testenv.Kamailio // A, B, C
 }
 
-func startBus(t *testing.T) *bus {
+func startBus(t *testing.T, args ...string) *bus {
 	t.Helper()
 	tmpl, err := os.ReadFile("testdata/kamailio-dmq.cfg.tmpl")
 	if err != nil {
@@ -43,6 +43,7 @@ func startBus(t *testing.T) *bus {
 			Addr:     "127.0.0." + strconv.Itoa(i+1),
 			Template: string(tmpl),
 			Vars:     map[string]any{"Notify": notify, "Ping": 5, "FrTimer": 4000},
+			Args:     args,
 		})
 		cancel()
 		if errors.Is(err, testenv.ErrNotInstalled) {
@@ -126,6 +127,14 @@ func htGet(k *testenv.Kamailio, table, name string) (string, error) {
 type recorder struct {
 	mu     sync.Mutex
 	events []string
+	hook   func(name string, params []byte)
+}
+
+// setHook adds a function that sees every later event.
+func (r *recorder) setHook(f func(name string, params []byte)) {
+	r.mu.Lock()
+	r.hook = f
+	r.mu.Unlock()
 }
 
 func (r *recorder) add(name string, params []byte) {
@@ -134,7 +143,11 @@ func (r *recorder) add(name string, params []byte) {
 	}
 	r.mu.Lock()
 	r.events = append(r.events, name+" "+string(params))
+	hook := r.hook
 	r.mu.Unlock()
+	if hook != nil {
+		hook(name, params)
+	}
 }
 
 func (r *recorder) find(substrs ...string) bool {

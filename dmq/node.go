@@ -52,10 +52,11 @@ type Node struct {
 	usrloc *Usrloc
 	dialog *Dialogs
 
-	mu     sync.Mutex
-	tr     *transport
-	runCtx context.Context
-	sends  sync.WaitGroup
+	mu      sync.Mutex
+	tr      *transport
+	runCtx  context.Context
+	closing bool
+	sends   sync.WaitGroup
 
 	ready      chan struct{}
 	joined     chan struct{}
@@ -191,6 +192,9 @@ loop:
 		cancelLeave()
 	}
 	cancel()
+	n.mu.Lock()
+	n.closing = true
+	n.mu.Unlock()
 	n.sends.Wait()
 	conn.Close()
 	if trDone != nil {
@@ -207,11 +211,13 @@ loop:
 func (n *Node) Go(f func(ctx context.Context)) {
 	n.mu.Lock()
 	ctx := n.runCtx
-	n.mu.Unlock()
-	if ctx == nil || ctx.Err() != nil {
+	// Add under the lock that Run takes before Wait: no Add after Wait began.
+	if ctx == nil || ctx.Err() != nil || n.closing {
+		n.mu.Unlock()
 		return
 	}
 	n.sends.Add(1)
+	n.mu.Unlock()
 	go func() {
 		defer n.sends.Done()
 		f(ctx)
