@@ -31,7 +31,8 @@ type OpenSIPSConfig struct {
 	UnixMI bool // mi_datagram on a unix socket instead of UDP
 	HTTP   bool // httpd + mi_http on /mi
 	FIFO   bool // mi_fifo, reply_dir = the FIFO's directory
-	// Events are script events to publish besides the lab's E_MY_EVENT and E_LAB_TICK.
+	// Events are script events to publish besides the lab's E_MY_EVENT and E_LAB_TICK;
+	// their ids follow E_LAB_TICK's (15), E_CORE_LOG comes last.
 	Events []string
 	// Tick raises E_LAB_TICK {"note":"tick","seq":N} every second, as the lab config does.
 	Tick bool
@@ -219,7 +220,10 @@ type osipsEmu struct {
 
 func (o *OpenSIPSServer) startEmu() error {
 	e := &osipsEmu{cfg: o.cfg, started: time.Now(), subs: make(map[int][]*osipsSub), streams: make(map[string]net.Conn), done: make(chan struct{})}
-	e.events = append(append([]string(nil), osipsEvents...), o.cfg.Events...)
+	// Script events are published after the modules' and before E_CORE_LOG, as a real
+	// OpenSIPS with the lab's modules numbers them.
+	n := len(osipsEvents) - 1
+	e.events = append(append(append([]string(nil), osipsEvents[:n]...), o.cfg.Events...), osipsEvents[n])
 	e.raises = make(chan func(), 1024)
 	e.wg.Add(1)
 	go func() {
@@ -1261,7 +1265,12 @@ loadmodule "proto_udp.so"
 loadmodule "proto_tcp.so"
 loadmodule "signaling.so"
 loadmodule "sl.so"
+loadmodule "tm.so"
 loadmodule "cfgutils.so"
+# the lab's event publishers, so that events_list ids match the recordings
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "event_flatstore.so"
 loadmodule "mi_datagram.so"
 modparam("mi_datagram", "socket_name", "{{MI_SOCKET}}")
 {{FIFO}}
@@ -1347,6 +1356,7 @@ func (r *osipsProc) start() error {
 		if _, err := r.call("version", nil, 300*time.Millisecond); err == nil {
 			return nil
 		}
+		time.Sleep(50 * time.Millisecond) // a refused datagram fails at once: pace the polling
 	}
 	p.kill()
 	return fmt.Errorf("opensips did not answer MI version within 15s\n%s", logTail(r.logPath, 30))
@@ -1378,7 +1388,6 @@ func (r *osipsProc) call(method string, params any, timeout time.Duration) ([]by
 		conn, err = net.Dial("udp", r.o.MIUDP)
 	}
 	if err != nil {
-		time.Sleep(timeout) // not up yet (no socket file): pace the caller's retry loop
 		return nil, err
 	}
 	defer conn.Close()
