@@ -162,7 +162,12 @@ func (h *httpTransport) exchange(ctx context.Context, conn net.Conn, req []byte)
 		_ = conn.SetDeadline(time.Time{})
 	}
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetDeadline(time.Unix(1, 0)) })
-	defer stop()
+	defer func() {
+		// If the cancel fired, it may still set a past deadline: do not reuse the conn.
+		if !stop() {
+			keep = false
+		}
+	}()
 	if _, err := conn.Write(req); err != nil {
 		return nil, false, false, h.ioError(ctx, "send to", err)
 	}
