@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,9 +50,30 @@ type Client struct {
 	tr      transport
 	ids     atomic.Uint32
 
-	calls *metrics.CounterVec
-	dur   *metrics.HistogramVec
-	drops *metrics.CounterVec
+	calls   *metrics.CounterVec
+	dur     *metrics.HistogramVec
+	drops   *metrics.CounterVec
+	methods sync.Map // method -> *methodMetrics, so that a call does no label lookups
+}
+
+type methodMetrics struct {
+	ok, rpcErr, timeout, transport *metrics.Counter
+	dur                            *metrics.Histogram
+}
+
+func (c *Client) metricsFor(method string) *methodMetrics {
+	if m, ok := c.methods.Load(method); ok {
+		return m.(*methodMetrics)
+	}
+	m := &methodMetrics{
+		ok:        c.calls.With(c.name, method, "ok"),
+		rpcErr:    c.calls.With(c.name, method, "error"),
+		timeout:   c.calls.With(c.name, method, "timeout"),
+		transport: c.calls.With(c.name, method, "transport"),
+		dur:       c.dur.With(c.name, method),
+	}
+	actual, _ := c.methods.LoadOrStore(method, m)
+	return actual.(*methodMetrics)
 }
 
 // transport moves one request to the proxy and returns the raw reply.
@@ -119,32 +141,33 @@ func (c *Client) Call(ctx context.Context, method string, params any) (Result, e
 		ctx, cancel = context.WithTimeout(ctx, c.timeout)
 		defer cancel()
 	}
+	m := c.metricsFor(method)
 	start := time.Now()
 	id := c.nextID()
 	body, err := c.tr.roundTrip(ctx, id, method, p)
 	if err != nil {
 		if ctx.Err() != nil {
-			c.calls.With(c.name, method, "timeout").Inc()
+			m.timeout.Inc()
 			return Result{}, c.noReply(ctx, start, err)
 		}
-		c.calls.With(c.name, method, "transport").Inc()
+		m.transport.Inc()
 		return Result{}, fmt.Errorf("%s %s: %w", c.name, method, err)
 	}
-	c.dur.With(c.name, method).Observe(time.Since(start).Seconds())
+	m.dur.Observe(time.Since(start).Seconds())
 	r, err := parseReply(body)
 	if err != nil {
-		c.calls.With(c.name, method, "transport").Inc()
+		m.transport.Inc()
 		return Result{}, fmt.Errorf("%s %s: bad reply: %w", c.name, method, err)
 	}
 	if r.err != nil {
-		c.calls.With(c.name, method, "error").Inc()
+		m.rpcErr.Inc()
 		r.err.Method = method
 		if r.id == nil && r.err.Code == 500 && c.target.Dialect == OpenSIPS && (c.target.Transport == UDP || c.target.Transport == Unix) {
 			return Result{}, fmt.Errorf("%w (mi_datagram answers this when the reply does not fit in 65457 bytes: use opensips:http or opensips:fifo for big replies)", r.err)
 		}
 		return Result{}, r.err
 	}
-	c.calls.With(c.name, method, "ok").Inc()
+	m.ok.Inc()
 	return Result{raw: r.result}, nil
 }
 
