@@ -361,3 +361,58 @@ func TestConsumerAckModes(t *testing.T) {
 		ch.QueueDelete("sipside-test-"+mode, false, false, false)
 	}
 }
+
+// The first broker dies mid-traffic: queries in flight on it fail at once with a clear
+// error (not a timeout), and the following ones run through the second broker.
+func TestQueryFailover(t *testing.T) {
+	u := brokerURL(t)
+	startResponder(t, u, "fo.q", &responder{})
+	uri, _ := amqp.ParseURI(u)
+	target := net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))
+	a, bp := newCutProxy(t, target), newCutProxy(t, target)
+	b, _ := startBridge(t, viaProxy(t, u, a), func(c *Config) {
+		c.AMQP.Brokers = append(c.AMQP.Brokers, viaProxy(t, u, bp))
+		c.AMQP.Heartbeat = Duration(time.Second)
+	}, Options{})
+	var mu sync.Mutex
+	var ok, lost int
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	for range 16 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				_, err := b.Query(context.Background(), QueryRequest{PublishRequest: PublishRequest{Exchange: testExchange, RoutingKey: "fo.q", Body: []byte(`{"q":"x"}`)}, Timeout: 5 * time.Second})
+				mu.Lock()
+				switch code := 0; {
+				case err == nil:
+					ok++
+				default:
+					code = toRPCError(err).Code
+					if code != CodeUnconfirmed && code != CodeNotConnected {
+						t.Errorf("query: code %d: %v", code, err)
+					}
+					lost++
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	count := func() int { mu.Lock(); defer mu.Unlock(); return ok }
+	waitFor(t, 10*time.Second, "queries through the first broker", func() bool { return count() > 200 })
+	a.Cut()
+	atCut := count()
+	waitFor(t, 15*time.Second, "queries through the second broker", func() bool { return count() > atCut+200 })
+	close(stop)
+	wg.Wait()
+	if s := b.mgr.Current(); s == nil || !strings.Contains(s.Broker, bp.Addr()) {
+		t.Fatalf("not on the second broker: %+v", s)
+	}
+	t.Logf("ok %d, failed in flight %d", ok, lost)
+}

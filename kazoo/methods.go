@@ -206,7 +206,7 @@ func toRPCError(err error) *rpcError {
 		code = CodeNacked
 	case errors.Is(err, rabbit.ErrNoExchange):
 		code = CodeNoExchange
-	case errors.Is(err, rabbit.ErrUnconfirmed):
+	case errors.Is(err, rabbit.ErrUnconfirmed), errors.Is(err, ErrReplyLost):
 		code = CodeUnconfirmed
 	case errors.Is(err, rabbit.ErrNotConnected), errors.Is(err, rabbit.ErrClosed):
 		code = CodeNotConnected

@@ -21,6 +21,10 @@ const TargetedExchange = "targeted"
 // ErrQueryTimeout: no reply came before the deadline.
 var ErrQueryTimeout = errors.New("kazoo: no reply before the timeout")
 
+// ErrReplyLost: the channel a direct reply-to request went out on died before the
+// reply came; the responder may or may not have acted on the request.
+var ErrReplyLost = errors.New("kazoo: connection to the broker lost before the reply came; the request may have been processed")
+
 var errKazooPayload = errors.New("kazoo: with amqp.kazoo on, payload must be a JSON object (Kazoo messages are objects)")
 
 // querier matches replies to waiting queries by correlation id (Msg-ID in Kazoo mode).
@@ -35,6 +39,7 @@ type querier struct {
 
 	drops    *metrics.CounterVec
 	timeouts *metrics.Counter
+	lost     *metrics.Counter
 	latency  *metrics.Histogram
 	inflight *metrics.Gauge
 }
@@ -50,6 +55,7 @@ func newQuerier(b *Bridge) *querier {
 		waiters:  make(map[string]chan []byte),
 		drops:    b.reg.Counter("sipside_amqp_query_replies_dropped_total", "Replies matching no waiting query (late, unknown correlation id, no id).", "reason"),
 		timeouts: b.reg.Counter("sipside_amqp_query_timeouts_total", "Queries that got no reply in time.").With(),
+		lost:     b.reg.Counter("sipside_amqp_query_lost_total", "Queries whose reply channel died before the reply came.").With(),
 		latency:  b.reg.Histogram("sipside_amqp_query_seconds", "Query round trip (publish to reply).", nil).With(),
 		inflight: b.reg.Gauge("sipside_amqp_queries_inflight", "Queries waiting for a reply.").With(),
 	}
@@ -217,13 +223,29 @@ func (b *Bridge) Query(ctx context.Context, r QueryRequest) ([]byte, error) {
 	defer q.unregister(id)
 	q.inflight.Add(1)
 	defer q.inflight.Add(-1)
-	if err := b.pub.Publish(ctx, r.Exchange, r.RoutingKey, msg); err != nil {
+	lost, err := b.pub.PublishWatch(ctx, r.Exchange, r.RoutingKey, msg)
+	if err != nil {
 		return nil, err
+	}
+	if b.cfg.AMQP.Kazoo {
+		// The targeted reply queue is declared again, same name, on the next
+		// connection: a reply may still arrive there.
+		lost = nil
 	}
 	select {
 	case reply := <-ch:
 		q.latency.Since(start)
 		return reply, nil
+	case <-lost:
+		// A reply that raced with the loss is still taken.
+		select {
+		case reply := <-ch:
+			q.latency.Since(start)
+			return reply, nil
+		default:
+		}
+		q.lost.Inc()
+		return nil, ErrReplyLost
 	case <-ctx.Done():
 		q.timeouts.Inc()
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {

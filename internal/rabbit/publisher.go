@@ -328,8 +328,16 @@ func (p *Publisher) current(ctx context.Context) (*pubChannel, error) {
 // disconnected it waits for a connection. ctx bounds the whole call; on expiry the
 // message may still be confirmed later, unseen.
 func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
+	return p.record(func() error {
+		_, err := p.publish(ctx, exchange, key, msg)
+		return err
+	})
+}
+
+// record runs one publish and counts its outcome.
+func (p *Publisher) record(publish func() error) error {
 	start := time.Now()
-	err := p.publish(ctx, exchange, key, msg)
+	err := publish()
 	result := "confirmed"
 	switch {
 	case err == nil:
@@ -353,12 +361,33 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 	return err
 }
 
-func (p *Publisher) publish(ctx context.Context, exchange, key string, msg amqp.Publishing) error {
+// PublishWatch is Publish that also returns a channel closed when the channel the
+// message went out on dies. A direct reply-to request needs it: its reply can only
+// arrive on that channel, so a waiter can give up at once instead of timing out.
+func (p *Publisher) PublishWatch(ctx context.Context, exchange, key string, msg amqp.Publishing) (lost <-chan struct{}, err error) {
+	var pc *pubChannel
+	err = p.record(func() error {
+		var err error
+		pc, err = p.publish(ctx, exchange, key, msg)
+		return err
+	})
+	if pc == nil {
+		return closedChan, err
+	}
+	return pc.done, err
+}
+
+func (p *Publisher) publish(ctx context.Context, exchange, key string, msg amqp.Publishing) (*pubChannel, error) {
 	pc, err := p.current(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := p.checkExchange(ctx, pc.sess, exchange); err != nil {
+	return pc, p.publishOn(ctx, pc, exchange, key, msg)
+}
+
+func (p *Publisher) publishOn(ctx context.Context, pc *pubChannel, exchange, key string, msg amqp.Publishing) error {
+	err := p.checkExchange(ctx, pc.sess, exchange)
+	if err != nil {
 		return err
 	}
 	select {
