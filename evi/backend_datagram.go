@@ -22,6 +22,7 @@ type datagramBackend struct {
 
 func newDatagramBackend(network string) backendFactory {
 	return func(rest string, _ Deps) (Backend, error) {
+		network := network // the factory is called many times: do not rewrite the captured name
 		switch network {
 		case "udp":
 			if err := checkHostPort(rest); err != nil {

@@ -42,6 +42,7 @@ func (ic InputConfig) withDefaults() InputConfig {
 type Config struct {
 	Inputs []InputConfig
 	Routes []RouteConfig
+	Spool  SpoolConfig
 }
 
 // Validate checks every socket string and route without opening anything.
@@ -60,6 +61,9 @@ func (c Config) Validate() error {
 		}
 		seen[l.String()] = true
 	}
+	if err := c.Spool.Validate(); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
 	r, err := NewRouter(c.Routes, Deps{}, NewMetrics(metrics.New()), nil)
 	if err != nil {
 		return err
@@ -77,7 +81,9 @@ type Pipeline struct {
 	// OnFailure receives every event that a route could not deliver.
 	onFailure FailureFunc
 
-	router atomic.Pointer[Router]
+	router   atomic.Pointer[Router]
+	spool    *Spool // nil when [spool] dir is unset
+	spoolCfg SpoolConfig
 
 	mu     sync.Mutex
 	inputs map[string]*runningInput
@@ -101,8 +107,22 @@ func NewPipeline(cfg Config, d Deps, m *Metrics, onFailure FailureFunc) (*Pipeli
 		d.Log = slog.New(slog.DiscardHandler)
 	}
 	p := &Pipeline{deps: d, m: m, log: d.Log, onFailure: onFailure, inputs: map[string]*runningInput{}, idle: make(chan struct{})}
+	if err := cfg.Spool.Validate(); err != nil {
+		return nil, fmt.Errorf("spool: %w", err)
+	}
+	sp, err := NewSpool(cfg.Spool, d.Metrics, d.Log)
+	if err != nil {
+		return nil, err
+	}
+	p.spool, p.spoolCfg = sp, cfg.Spool
+	if sp == nil && len(cfg.Routes) > 0 {
+		p.log.Info("no [spool] dir: an event that no backend of its route takes is counted, logged and lost")
+	}
 	if err := p.apply(cfg); err != nil {
 		p.closeInputs()
+		if sp != nil {
+			sp.Close()
+		}
 		return nil, err
 	}
 	return p, nil
@@ -117,6 +137,10 @@ func (p *Pipeline) apply(cfg Config) error {
 	r, err := NewRouter(cfg.Routes, p.deps, p.m, p.onFailure)
 	if err != nil {
 		return err
+	}
+	r.spool = p.spool
+	if cfg.Spool != p.spoolCfg {
+		p.log.Warn("[spool] changed: it takes effect at the next restart, not on reload")
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -227,7 +251,11 @@ func (p *Pipeline) Run(ctx context.Context, drain time.Duration) error {
 	p.wg.Wait()
 	dctx, cancel := context.WithTimeout(context.Background(), drain)
 	defer cancel()
-	return p.router.Load().Close(dctx)
+	err := p.router.Load().Close(dctx)
+	if p.spool != nil {
+		err = errors.Join(err, p.spool.Close())
+	}
+	return err
 }
 
 func (p *Pipeline) closeInputs() {

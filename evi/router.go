@@ -77,6 +77,7 @@ type Router struct {
 	m         *Metrics
 	log       *slog.Logger
 	onFailure FailureFunc
+	spool     *Spool // nil: no spool
 	wg        sync.WaitGroup
 	closeOnce sync.Once
 
@@ -94,7 +95,10 @@ type route struct {
 	full    *metrics.Counter
 	failed  *metrics.Counter
 	latency *metrics.Histogram
-	ok      *metrics.Counter // per-route delivered, for single backends
+	ok, bad *metrics.Counter // per backend, when it is not virtual (Virtual counts its members)
+	spool   *RouteSpool      // nil without a spool
+
+	spoolLog *rateLog
 }
 
 // NewRouter builds every route's backend. It dials nothing.
@@ -122,6 +126,8 @@ func NewRouter(cfgs []RouteConfig, d Deps, m *Metrics, onFailure FailureFunc) (*
 			full:    m.Undelivered.With(rc.Name, "queue_full"),
 			failed:  m.Undelivered.With(rc.Name, "failed"),
 			latency: m.Latency.With(rc.Name),
+
+			spoolLog: newRateLog(d.Log, 10*time.Second),
 		}
 		if v, ok := b.(*Virtual); ok {
 			v.SetFailoverTimeout(time.Duration(rc.FailoverTimeout))
@@ -204,43 +210,140 @@ func (rt *route) matches(name string) bool {
 
 func (r *Router) work(rt *route) {
 	name := Redact(rt.cfg.To)
-	_, isVirtual := rt.b.(*Virtual)
-	var delivered, failed *metrics.Counter
-	if !isVirtual {
-		delivered = r.m.Delivered.With(rt.cfg.Name, name)
-		failed = r.m.Failed.With(rt.cfg.Name, name)
+	if _, isVirtual := rt.b.(*Virtual); !isVirtual {
+		rt.ok = r.m.Delivered.With(rt.cfg.Name, name)
+		rt.bad = r.m.Failed.With(rt.cfg.Name, name)
 	}
-	for ev := range rt.queue {
-		rt.depth.Add(-1)
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rt.cfg.Timeout))
-		err := rt.b.Deliver(ctx, ev)
-		cancel()
-		rt.latency.Since(ev.Received)
-		if !isVirtual {
-			if err != nil {
-				failed.Inc()
-			} else {
-				delivered.Inc()
-			}
+	if r.spool != nil {
+		q, err := r.spool.Route(rt.cfg.Name)
+		if err != nil {
+			r.log.Error("spool unavailable for this route: undeliverable events will be lost", "route", rt.cfg.Name, "error", err)
+		} else {
+			rt.spool = q
 		}
+	}
+	for {
+		if rt.spool != nil && rt.spool.Len() > 0 {
+			if closed := r.replay(rt); closed {
+				return
+			}
+			continue
+		}
+		ev, ok := <-rt.queue
+		if !ok {
+			return
+		}
+		rt.depth.Add(-1)
+		err := r.deliver(rt, ev)
 		if err != nil {
 			rt.failed.Inc()
 			err = r.fail(rt, ev, err)
 		}
 		ev.done(err)
 		if len(rt.queue) == 0 {
-			if f, ok := rt.b.(flusher); ok {
-				if err := f.Flush(); err != nil {
-					r.log.Warn("flush failed", "route", rt.cfg.Name, "error", err)
+			r.flush(rt)
+		}
+	}
+}
+
+// deliver makes one attempt with the route's timeout and counts it.
+func (r *Router) deliver(rt *route, ev *Event) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rt.cfg.Timeout))
+	err := rt.b.Deliver(ctx, ev)
+	cancel()
+	rt.latency.Since(ev.Received)
+	if rt.ok != nil {
+		if err != nil {
+			rt.bad.Inc()
+		} else {
+			rt.ok.Inc()
+		}
+	}
+	return err
+}
+
+func (r *Router) flush(rt *route) {
+	if f, ok := rt.b.(flusher); ok {
+		if err := f.Flush(); err != nil {
+			r.log.Warn("flush failed", "route", rt.cfg.Name, "error", err)
+		}
+	}
+}
+
+// replay delivers the spool in order until it is empty. While it is not,
+// new events join its tail instead of overtaking it, so that one input's
+// events keep their order. It reports true when the queue was closed (the
+// router is shutting down); what is left stays on disk for the next start.
+func (r *Router) replay(rt *route) (closed bool) {
+	retry := time.Duration(r.spool.cfg.Retry)
+	wait := time.NewTimer(0)
+	defer wait.Stop()
+	<-wait.C
+	for {
+		// Everything queued goes behind what is spooled.
+		for {
+			select {
+			case ev, ok := <-rt.queue:
+				if !ok {
+					r.flush(rt)
+					return true
 				}
+				rt.depth.Add(-1)
+				ev.done(r.toSpool(rt, ev, nil))
+				continue
+			default:
+			}
+			break
+		}
+		ev, ok := rt.spool.Peek()
+		if !ok {
+			r.flush(rt)
+			r.log.Info("spool replayed; delivering directly again", "route", rt.cfg.Name)
+			return false
+		}
+		if err := r.deliver(rt, ev); err == nil {
+			rt.spool.Pop()
+			continue
+		}
+		// The head still fails: wait, taking new events into the spool.
+		wait.Reset(retry)
+		for waiting := true; waiting; {
+			select {
+			case ev, ok := <-rt.queue:
+				if !ok {
+					return true
+				}
+				rt.depth.Add(-1)
+				ev.done(r.toSpool(rt, ev, nil))
+			case <-wait.C:
+				waiting = false
 			}
 		}
 	}
 }
 
+// toSpool appends ev to the route's spool; nil means it is kept.
+func (r *Router) toSpool(rt *route, ev *Event, cause error) error {
+	if err := rt.spool.Append(ev); err != nil {
+		r.log.Error("event lost: the spool did not take it", "route", rt.cfg.Name, "event", ev.Name, "error", err, "delivery_error", cause)
+		if cause != nil {
+			return fmt.Errorf("%w; spool: %w", cause, err)
+		}
+		return err
+	}
+	return nil
+}
+
 // fail hands an undeliverable event to the failure seam; it returns the
 // error the event ends with (nil when the seam kept it).
 func (r *Router) fail(rt *route, ev *Event, err error) error {
+	if rt.spool != nil {
+		if serr := r.toSpool(rt, ev, err); serr != nil {
+			return serr
+		}
+		rt.spoolLog.Warn("backend failed; events go to the spool and are replayed in order when it recovers", "route", rt.cfg.Name, "event", ev.Name, "error", err)
+		return nil
+	}
 	if r.onFailure != nil {
 		return r.onFailure(rt.cfg.Name, ev, err)
 	}

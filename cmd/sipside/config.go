@@ -26,6 +26,8 @@ type Config struct {
 	MI    MIConfig          `toml:"mi"`
 	Input []evi.InputConfig `toml:"input"`
 	Route []evi.RouteConfig `toml:"route"`
+	// Spool keeps the events no backend took, on disk, for ordered replay.
+	Spool evi.SpoolConfig `toml:"spool"`
 	// Subscribe lists the events sipside subscribes to at OpenSIPS.
 	Subscribe []evi.SubscribeConfig `toml:"subscribe"`
 
@@ -58,7 +60,7 @@ const (
 )
 
 func (c *Config) events() evi.Config {
-	return evi.Config{Inputs: c.Input, Routes: c.Route}
+	return evi.Config{Inputs: c.Input, Routes: c.Route, Spool: c.Spool}
 }
 
 // ConfigError names the key (and line, when known) of a bad setting.
@@ -187,6 +189,13 @@ func (c *Config) validate(src string) error {
 			return bad("listen", "input", i, fmt.Errorf("%q is listed twice", in.Listen))
 		}
 		seen[in.Listen] = true
+	}
+	if err := c.Spool.Validate(); err != nil {
+		key, _, _ := strings.Cut(err.Error(), " ")
+		if lineOf(src, "spool", -1, key) == 0 {
+			key = "max_bytes"
+		}
+		return bad(key, "spool", -1, err)
 	}
 	for i, sc := range c.Subscribe {
 		if err := sc.Validate(); err != nil {
