@@ -21,7 +21,10 @@ import (
 // reach megabytes, never this.
 const maxHTTPReply = 256 << 20
 
-const maxIdleConns = 16
+// maxConns bounds the connections one client opens: a proxy serves its management
+// port with one or a few processes, and more connections only queue there (and
+// closing surplus idle ones made every call beyond them dial anew).
+const maxConns = 16
 
 // httpTransport writes requests by hand so that the bytes on the wire are exactly
 // what the proxies' own tools send (testdata/*-http.golden), and reads replies with
@@ -35,9 +38,10 @@ type httpTransport struct {
 	keepAlive bool
 	tlsConf   *tls.Config
 
-	mu   sync.Mutex
-	idle []net.Conn
-	shut bool
+	slots chan struct{} // one per connection in use
+	mu    sync.Mutex
+	idle  []net.Conn
+	shut  bool
 }
 
 func newHTTP(t Target) (*httpTransport, error) {
@@ -45,7 +49,7 @@ func newHTTP(t Target) (*httpTransport, error) {
 	if err != nil {
 		return nil, fmt.Errorf("bad MI URL %q: %w", t.Addr, err)
 	}
-	h := &httpTransport{t: t, u: u, addr: u.Host, keepAlive: t.Dialect == Kamailio}
+	h := &httpTransport{t: t, u: u, addr: u.Host, keepAlive: t.Dialect == Kamailio, slots: make(chan struct{}, maxConns)}
 	if u.Port() == "" {
 		port := "80"
 		if u.Scheme == "https" {
@@ -81,6 +85,12 @@ func (h *httpTransport) request(body []byte) []byte {
 
 func (h *httpTransport) roundTrip(ctx context.Context, id uint32, method string, params []byte) ([]byte, error) {
 	req := h.request(encodeRequest(h.t.Dialect, method, params, id, ""))
+	select {
+	case h.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-h.slots }()
 	for attempt := 0; ; attempt++ {
 		conn, reused, err := h.get(ctx)
 		if err != nil {
@@ -147,7 +157,7 @@ func (h *httpTransport) get(ctx context.Context) (net.Conn, bool, error) {
 func (h *httpTransport) put(c net.Conn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.shut || len(h.idle) >= maxIdleConns {
+	if h.shut || len(h.idle) >= maxConns {
 		c.Close()
 		return
 	}
