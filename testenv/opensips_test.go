@@ -3,7 +3,6 @@ package testenv_test
 import (
 	"bufio"
 	"bytes"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -432,37 +431,46 @@ func fifoCall(t *testing.T, o *testenv.OpenSIPSServer, name, line string, wait t
 	}
 }
 
-func TestOpenSIPSFIFO(t *testing.T) {
+// TestOpenSIPSFIFOReplaysRecording writes the recorded mi_fifo lines and wants the
+// recorded replies; the lines that got none must leave the FIFO working.
+func TestOpenSIPSFIFOReplaysRecording(t *testing.T) {
 	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{FIFO: true})
-	tests := []struct {
-		name, line, want string
-	}{
-		{"version", `:r1:{"jsonrpc":"2.0","method":"version","id":1}` + "\n", `{"jsonrpc":"2.0","result":{"Server":"OpenSIPS (3.6.8 (x86_64/linux))"},"id":1}`},
-		{"unknown", `:r2:{"jsonrpc":"2.0","method":"nope","id":2}` + "\n", `{"jsonrpc":"2.0","error":{"code":-32601,"message":"Method not found"},"id":2}`},
-		{"which", `:r3:{"jsonrpc":"2.0","method":"which","id":3}` + "\n", ""},
+	b, err := os.ReadFile(osipsCaptures + "mi-03-http-and-fifo.txt")
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got := fifoCall(t, o, strings.SplitN(tc.line, ":", 3)[1], tc.line, 5*time.Second)
-			if tc.want != "" && string(got) != tc.want {
-				t.Errorf("\n got %s\nwant %s", got, tc.want)
-			}
-			if tc.want == "" && !bytes.HasPrefix(got, []byte(`{"jsonrpc":"2.0","result":["get_statistics"`)) {
-				t.Errorf("got %.80s", got)
-			}
-		})
-	}
-	// malformed JSON and notifications get nothing; the next call still works
-	for _, line := range []string{`:r4:{"jsonrpc":` + "\n", `:r5:{"jsonrpc":"2.0","method":"version"}` + "\n"} {
-		w, err := os.OpenFile(o.FIFO, os.O_WRONLY, 0)
-		if err != nil {
-			t.Fatal(err)
+	lines := strings.Split(string(b), "\n")
+	replayed := 0
+	for i, l := range lines {
+		if !strings.HasPrefix(l, ">>> b':") {
+			continue
 		}
-		fmt.Fprint(w, line)
-		w.Close()
+		req := pyBytes(t, l[4:])
+		name := strings.SplitN(string(req), ":", 3)[1]
+		var want []byte
+		if i+1 < len(lines) && strings.HasPrefix(lines[i+1], "<<< b") {
+			want = pyBytes(t, lines[i+1][4:])
+		}
+		if len(want) == 0 || strings.Contains(name, "/") {
+			// no reply: write it and go on; the next recorded call shows the FIFO still works
+			w, err := os.OpenFile(o.FIFO, os.O_WRONLY, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _ = w.Write(req)
+			w.Close()
+			continue
+		}
+		if got := fifoCall(t, o, name, string(req), 5*time.Second); !bytes.Equal(got, want) {
+			t.Errorf("%s\n got %s\nwant %s", req, got, want)
+		}
+		replayed++
 	}
-	if got := fifoCall(t, o, "r6", `:r6:{"jsonrpc":"2.0","method":"version","id":6}`+"\n", 5*time.Second); !bytes.HasSuffix(got, []byte(`"id":6}`)) {
-		t.Errorf("after silence: %s", got)
+	if replayed < 2 {
+		t.Fatalf("replayed %d recorded FIFO calls", replayed)
+	}
+	if got := fifoCall(t, o, "last", `:last:{"jsonrpc":"2.0","method":"which","id":3}`+"\n", 5*time.Second); !bytes.HasPrefix(got, []byte(`{"jsonrpc":"2.0","result":["get_statistics"`)) {
+		t.Errorf("after the silent ones: %.80s", got)
 	}
 }
 
