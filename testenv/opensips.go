@@ -36,6 +36,12 @@ type OpenSIPSConfig struct {
 	Events []string
 	// Tick raises E_LAB_TICK {"note":"tick","seq":N} every second, as the lab config does.
 	Tick bool
+	// StreamReliable is event_stream's reliable_mode=1: each tcp: event carries an id
+	// and OpenSIPS waits StreamTimeout (default 1s) for a reply with that id; an
+	// "error" member, no reply in time or a closed connection fails the delivery,
+	// which Raise reports (protocol/opensips/captures/stream-02-reliable-mode.txt).
+	StreamReliable bool
+	StreamTimeout  time.Duration
 	// ArrayParamsBug reproduces OpenSIPS 3.6.8's MI raise_event bug: array params that
 	// follow a named raise_event come out as an object with empty keys
 	// (protocol/opensips/captures/bug-raise-event-array-becomes-object.txt). Emulator only.
@@ -138,8 +144,9 @@ func (o *OpenSIPSServer) Restart() {
 
 // Raise raises event name as a script's raise_event would: params is the JSON text of
 // the params (an object or array), "" for none. With the emulator the notifications
-// are sent before Raise returns. A real OpenSIPS is asked through MI raise_event,
-// which turns array items into strings and delivers asynchronously.
+// are sent before Raise returns, and its error reports failed deliveries (with
+// StreamReliable: error replies and silence too). A real OpenSIPS is asked through MI
+// raise_event, which turns array items into strings and delivers asynchronously.
 func (o *OpenSIPSServer) Raise(name, params string) error {
 	if o.real != nil {
 		return o.real.raise(name, params)
@@ -208,7 +215,8 @@ type osipsEmu struct {
 	tickSeq   int
 
 	sendMu  sync.Mutex // event_stream connections, written in order
-	streams map[string]net.Conn
+	streams map[string]*osipsStream
+	nextID  int32
 	udpOut  *net.UDPConn
 
 	raises chan func() // MI raise_event deliveries, sent in order by one goroutine
@@ -219,7 +227,9 @@ type osipsEmu struct {
 }
 
 func (o *OpenSIPSServer) startEmu() error {
-	e := &osipsEmu{cfg: o.cfg, started: time.Now(), subs: make(map[int][]*osipsSub), streams: make(map[string]net.Conn), done: make(chan struct{})}
+	e := &osipsEmu{cfg: o.cfg, started: time.Now(), subs: make(map[int][]*osipsSub), streams: make(map[string]*osipsStream), done: make(chan struct{})}
+	// ids as event_stream makes them: seeded from the pid, then +4 per event
+	e.nextID = int32(os.Getpid()&0xffff | int(time.Now().UnixNano()&0x3fff)<<16)
 	// Script events are published after the modules' and before E_CORE_LOG, as a real
 	// OpenSIPS with the lab's modules numbers them.
 	n := len(osipsEvents) - 1
@@ -303,8 +313,8 @@ func (e *osipsEmu) close() {
 func (e *osipsEmu) dropStreams() {
 	e.sendMu.Lock()
 	defer e.sendMu.Unlock()
-	for k, c := range e.streams {
-		_ = c.Close()
+	for k, st := range e.streams {
+		st.close(errors.New("event_stream connection dropped"))
 		delete(e.streams, k)
 	}
 }
@@ -1206,27 +1216,116 @@ func (e *osipsEmu) deliver(s *osipsSub, name string, params []byte) error {
 	return fmt.Errorf("%s delivery is not emulated", s.proto)
 }
 
+// osipsStream is event_stream's one persistent connection to a destination.
+type osipsStream struct {
+	c       net.Conn
+	mu      sync.Mutex
+	pending map[int64]chan error // reliable mode: event id -> outcome
+	dead    bool
+}
+
+func (st *osipsStream) close(err error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	st.dead = true
+	_ = st.c.Close()
+	for id, ch := range st.pending {
+		ch <- err
+		delete(st.pending, id)
+	}
+}
+
+// read parses the replies, concatenated JSON values: a reply with the id of a waiting
+// event settles it ("error" member: failed); a reply without a numeric id tears the
+// connection down and fails every waiting event; garbage closes the connection.
+func (st *osipsStream) read() {
+	dec := json.NewDecoder(st.c)
+	for {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			st.close(fmt.Errorf("event_stream connection closed: %w", err))
+			return
+		}
+		v, err := fastjson.ParseBytes(raw)
+		idv := member(v, "id")
+		if err != nil || idv == nil || idv.Type() != fastjson.TypeNumber {
+			st.close(fmt.Errorf("event_stream reply without a numeric id: %s", raw))
+			return
+		}
+		st.mu.Lock()
+		ch, ok := st.pending[int64(valueint(idv.GetFloat64()))]
+		delete(st.pending, int64(valueint(idv.GetFloat64())))
+		st.mu.Unlock()
+		if !ok {
+			continue // "no pending queries with id N found!"
+		}
+		if ev := member(v, "error"); ev != nil {
+			ch <- fmt.Errorf("event_stream reply is an error: %s", ev)
+		} else {
+			ch <- nil
+		}
+	}
+}
+
 // stream writes to event_stream's one persistent connection per destination, opened
 // on the first event; a broken connection loses the event and the next one reconnects.
+// In reliable mode it also waits for the reply.
 func (e *osipsEmu) stream(addr string, payload []byte) error {
 	e.sendMu.Lock()
-	defer e.sendMu.Unlock()
-	c := e.streams[addr]
-	if c == nil {
-		var err error
-		c, err = net.DialTimeout("tcp4", addr, time.Second)
+	st := e.streams[addr]
+	if st == nil || st.dead {
+		c, err := net.DialTimeout("tcp4", addr, time.Second)
 		if err != nil {
+			e.sendMu.Unlock()
 			return err
 		}
-		e.streams[addr] = c
-		go func() { _, _ = io.Copy(io.Discard, c) }() // notification mode reads and drops replies
+		st = &osipsStream{c: c, pending: make(map[int64]chan error)}
+		e.streams[addr] = st
+		if e.cfg.StreamReliable {
+			go st.read()
+		} else {
+			go func() { _, _ = io.Copy(io.Discard, c) }() // notification mode reads and drops replies
+		}
 	}
-	if _, err := c.Write(payload); err != nil {
-		c.Close()
-		delete(e.streams, addr)
+	var ch chan error
+	if e.cfg.StreamReliable {
+		e.nextID += 4
+		if e.nextID <= 0 {
+			e.nextID = 4
+		}
+		id := e.nextID
+		payload = append(fmt.Appendf(nil, `{"id":%d,`, id), payload[1:]...)
+		ch = make(chan error, 1)
+		st.mu.Lock()
+		st.pending[int64(id)] = ch
+		st.mu.Unlock()
+		defer func() {
+			st.mu.Lock()
+			delete(st.pending, int64(id))
+			st.mu.Unlock()
+		}()
+	}
+	_, err := st.c.Write(payload)
+	e.sendMu.Unlock()
+	if err != nil {
+		st.close(err)
 		return err
 	}
-	return nil
+	if ch == nil {
+		return nil
+	}
+	timeout := e.cfg.StreamTimeout
+	if timeout <= 0 {
+		timeout = time.Second
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case err := <-ch:
+		return err
+	case <-t.C:
+		return fmt.Errorf("event_stream: no reply within %s", timeout)
+	}
 }
 
 func (e *osipsEmu) subscriptions() []OpenSIPSSubscription {
@@ -1277,6 +1376,8 @@ modparam("mi_datagram", "socket_name", "{{MI_SOCKET}}")
 {{HTTP}}
 loadmodule "event_datagram.so"
 loadmodule "event_stream.so"
+modparam("event_stream", "reliable_mode", {{RELIABLE}})
+modparam("event_stream", "timeout", {{STREAM_TIMEOUT}})
 loadmodule "event_virtual.so"
 
 route {
@@ -1329,7 +1430,14 @@ func (o *OpenSIPSServer) startReal(bin string) error {
 	for _, ev := range append([]string{"E_MY_EVENT", "E_LAB_TICK"}, o.cfg.Events...) {
 		fmt.Fprintf(&events, "\traise_event(%q);\n", ev)
 	}
-	cfg := strings.NewReplacer("{{MPATH}}", mpath, "{{SIP_PORT}}", strconv.Itoa(sipPort), "{{MI_SOCKET}}", sock,
+	reliable, streamTimeout := "0", o.cfg.StreamTimeout
+	if o.cfg.StreamReliable {
+		reliable = "1"
+	}
+	if streamTimeout <= 0 {
+		streamTimeout = time.Second
+	}
+	cfg := strings.NewReplacer("{{RELIABLE}}", reliable, "{{STREAM_TIMEOUT}}", strconv.Itoa(int(streamTimeout.Milliseconds())), "{{MPATH}}", mpath, "{{SIP_PORT}}", strconv.Itoa(sipPort), "{{MI_SOCKET}}", sock,
 		"{{FIFO}}", fifo, "{{HTTP}}", httpMods, "{{EVENTS}}", events.String()).Replace(osipsCfg)
 	if o.cfg.Tick {
 		cfg += "\ntimer_route[sipside_tick, 1] {\n\t$var(n) = $shv(tick) + 0;\n\t$shv(tick) = $var(n) + 1;\n\t$avp(name) = \"seq\";  $avp(val) = $shv(tick);\n\t$avp(name) = \"note\"; $avp(val) = \"tick\";\n\traise_event(\"E_LAB_TICK\", $avp(name), $avp(val));\n}\n"

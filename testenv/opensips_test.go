@@ -3,6 +3,8 @@ package testenv_test
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -537,6 +539,75 @@ func TestOpenSIPSArrayParamsBug(t *testing.T) {
 	} {
 		if got := readDatagram(t, ev, 5*time.Second); string(got) != want {
 			t.Errorf("\n got %s\nwant %s", got, want)
+		}
+	}
+}
+
+// TestOpenSIPSReliableStream: with reliable_mode each tcp: event carries an id, and a
+// reply with that id settles it; Raise reports errors and silence.
+func TestOpenSIPSReliableStream(t *testing.T) {
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{StreamReliable: true, StreamTimeout: 300 * time.Millisecond, Events: []string{"E_SIPSIDE_TEST"}})
+	if o.Real {
+		t.Skip("a real OpenSIPS delivers reliable-mode events asynchronously; Raise cannot see the outcome")
+	}
+	l, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// the listener answers event n by the n-th reply mode
+	modes := []string{"result", "error", "none", "noid"}
+	got := make(chan string, len(modes))
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				dec := json.NewDecoder(r)
+				for {
+					var ev struct {
+						ID     int64  `json:"id"`
+						Method string `json:"method"`
+						Params struct {
+							N int `json:"n"`
+						} `json:"params"`
+					}
+					if err := dec.Decode(&ev); err != nil {
+						return
+					}
+					got <- fmt.Sprintf("%s %d id>0:%t", ev.Method, ev.Params.N, ev.ID > 0)
+					switch modes[ev.Params.N] {
+					case "result":
+						fmt.Fprintf(c, `{"jsonrpc":"2.0","result":"ok","id":%d}`, ev.ID)
+					case "error":
+						fmt.Fprintf(c, `{"jsonrpc":"2.0","error":{"code":-32000,"message":"nope"},"id":%d}`, ev.ID)
+					case "noid":
+						fmt.Fprint(c, `{"jsonrpc":"2.0","result":"ok"}`)
+					}
+				}
+			}()
+		}
+	}()
+	mi, err := net.Dial("udp", o.MIUDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mi.Close()
+	if _, err := mi.Write([]byte(`{"jsonrpc":"2.0","method":"event_subscribe","id":1,"params":["E_SIPSIDE_TEST","tcp:` + l.Addr().String() + `"]}`)); err != nil {
+		t.Fatal(err)
+	}
+	readDatagram(t, mi, 5*time.Second)
+	for n, want := range []string{"", "reply is an error", "no reply within 300ms", "without a numeric id"} {
+		err := o.Raise("E_SIPSIDE_TEST", fmt.Sprintf(`{"n":%d}`, n))
+		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) {
+			t.Errorf("event %d (%s): err = %v, want %q", n, modes[n], err, want)
+		}
+		if g := <-got; g != fmt.Sprintf("E_SIPSIDE_TEST %d id>0:true", n) {
+			t.Errorf("listener got %s", g)
 		}
 	}
 }
