@@ -49,14 +49,27 @@ func (d Dialog) Key() string {
 
 // Dialogs observes the dialog channel: dialogs with their state, from
 // updates, state changes and removals. It answers sync requests with nothing.
+//
+// Kamailio sends a dialog's replication from whichever process handled the
+// SIP message, so a node can get "confirmed" after "deleted" (observed: the
+// dialog module itself logs "Ignoring backwards state change"). The view
+// ignores backward state changes as the module does, and remembers deleted
+// dialogs for a while so that a late message does not bring one back.
 type Dialogs struct {
 	node *Node
+	now  func() time.Time
 
 	mu      sync.RWMutex
 	dialogs map[string]*Dialog
+	gone    map[string]time.Time // deleted dialogs, until when a late message is ignored
 }
 
-func newDialogs(n *Node) *Dialogs { return &Dialogs{node: n, dialogs: make(map[string]*Dialog)} }
+// tombstoneTTL is how long a deleted dialog's late messages are ignored.
+const tombstoneTTL = 5 * time.Minute
+
+func newDialogs(n *Node) *Dialogs {
+	return &Dialogs{node: n, now: time.Now, dialogs: make(map[string]*Dialog), gone: make(map[string]time.Time)}
+}
 
 // Channel implements Peer.
 func (d *Dialogs) Channel() string { return ChannelDialog }
@@ -85,42 +98,81 @@ func (d *Dialogs) Handle(r *Request) int {
 	raw := v.MarshalTo(nil)
 	d.mu.Lock()
 	dl := d.dialogs[key]
+	_, deleted := d.gone[key]
+	event := ""
 	switch action {
 	case dlgUpdate:
+		if deleted {
+			break
+		}
 		if dl == nil {
 			dl = &Dialog{HEntry: uint32(v.GetUint64("h_entry")), HID: uint32(v.GetUint64("h_id"))}
 			d.dialogs[key] = dl
 		}
-		mergeDialog(dl, v)
+		if mergeDialog(dl, v) {
+			event = "update"
+		}
 	case dlgState:
 		if dl == nil {
+			if deleted {
+				break
+			}
 			d.mu.Unlock()
 			return 500
 		}
-		mergeDialog(dl, v)
+		if mergeDialog(dl, v) {
+			event = "state"
+		}
 		if dl.State == DialogDeleted {
 			delete(d.dialogs, key)
+			d.gone[key] = d.now().Add(tombstoneTTL)
 		}
 	case dlgRm:
 		if dl == nil {
+			if deleted {
+				break
+			}
 			d.mu.Unlock()
 			return 500
 		}
 		delete(d.dialogs, key)
+		d.gone[key] = d.now().Add(tombstoneTTL)
+		event = "delete"
 	default:
 		d.mu.Unlock()
 		return 400
 	}
-	snap := *dl
+	var snap Dialog
+	if dl != nil {
+		snap = *dl
+	}
 	n := len(d.dialogs)
 	d.mu.Unlock()
 	d.node.metrics.dialogs.With().Set(float64(n))
-	names := map[int]string{dlgUpdate: "update", dlgState: "state", dlgRm: "delete"}
-	d.event(names[action], snap, r.From, raw)
+	if event != "" {
+		d.event(event, snap, r.From, raw)
+	}
 	return 200
 }
 
-func mergeDialog(dl *Dialog, v *fastjson.Value) {
+// expire forgets tombstones of dialogs deleted long ago.
+func (d *Dialogs) expire() {
+	now := d.now()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for k, until := range d.gone {
+		if now.After(until) {
+			delete(d.gone, k)
+		}
+	}
+}
+
+// mergeDialog applies a message's fields; false when it is a backward state
+// change, which is ignored whole.
+func mergeDialog(dl *Dialog, v *fastjson.Value) bool {
+	if x := v.Get("state"); x != nil && x.GetInt() < dl.State {
+		return false
+	}
 	str := func(k string, dst *string) {
 		if x := v.Get(k); x != nil {
 			*dst = string(x.GetStringBytes())
@@ -152,6 +204,7 @@ func mergeDialog(dl *Dialog, v *fastjson.Value) {
 			dl.Vars[string(k)] = string(x.GetStringBytes())
 		})
 	}
+	return true
 }
 
 // Len is the number of dialogs.

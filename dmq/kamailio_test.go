@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,7 +24,8 @@ import (
 // itself (it starts first and cannot know the others' ports); B and C are
 // pointed at A, the way the recorded research bus was set up.
 type bus struct {
-	nodes []*testenv.Kamailio // A, B, C
+	nodes   []*testenv.Kamailio // A, B, C
+	uasPort int                 // where the nodes send calls (a sipp UAS in the dialog test)
 }
 
 func startBus(t *testing.T, args ...string) *bus {
@@ -31,7 +34,8 @@ func startBus(t *testing.T, args ...string) *bus {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &bus{}
+	b := &bus{uasPort: testenv.FreePort(t, "udp", "127.0.0.1")}
+	uas := "sip:127.0.0.1:" + strconv.Itoa(b.uasPort)
 	for i, name := range []string{"A", "B", "C"} {
 		notify := ""
 		if i > 0 {
@@ -42,7 +46,7 @@ func startBus(t *testing.T, args ...string) *bus {
 			Name:     name,
 			Addr:     "127.0.0." + strconv.Itoa(i+1),
 			Template: string(tmpl),
-			Vars:     map[string]any{"Notify": notify, "Ping": 5, "FrTimer": 4000},
+			Vars:     map[string]any{"Notify": notify, "Ping": 5, "FrTimer": 4000, "UAS": uas},
 			Args:     args,
 		})
 		cancel()
@@ -148,6 +152,19 @@ func (r *recorder) add(name string, params []byte) {
 	if hook != nil {
 		hook(name, params)
 	}
+}
+
+// all returns the events whose name starts with prefix.
+func (r *recorder) all(prefix string) []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []string
+	for _, e := range r.events {
+		if strings.HasPrefix(e, prefix) {
+			out = append(out, e)
+		}
+	}
+	return out
 }
 
 func (r *recorder) find(substrs ...string) bool {
@@ -443,6 +460,43 @@ func TestKamailioBus(t *testing.T) {
 		})
 	})
 
+	t.Run("dialog", func(t *testing.T) {
+		sipp, err := exec.LookPath("sipp")
+		if err != nil {
+			testenv.Missing(t, "sipp", "apt-get install -y sip-tester")
+		}
+		dir := t.TempDir()
+		startSipp(t, sipp, dir, "-sn", "uas", "-i", "127.0.0.1", "-p", strconv.Itoa(b.uasPort), "-m", "1")
+		// An INVITE relayed before the UAS binds fails the call: wait for the port.
+		checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+			c, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(b.uasPort))
+			if err == nil {
+				c.Close()
+				return errorf("sipp UAS not listening yet")
+			}
+			return nil
+		})
+		uacPort := testenv.FreePort(t, "udp", "127.0.0.1")
+		startSipp(t, sipp, dir, "-sn", "uac", A.SIPAddr(), "-i", "127.0.0.1", "-p", strconv.Itoa(uacPort),
+			"-s", "1001", "-m", "1", "-d", "1000")
+		// The whole life of the call, from the events: created, confirmed, deleted,
+		// and nothing left in the view. (The order of the last two may swap:
+		// Kamailio replicates from whichever process saw the SIP message.)
+		checkFor(t, 15*time.Second, 50*time.Millisecond, func() error {
+			switch {
+			case !g.events.find("E_DMQ_DIALOG", `"action":"update"`, `"to_uri":"sip:1001@`):
+				return errorf("no dialog creation seen; events %v", g.events.all("E_DMQ_DIALOG"))
+			case !g.events.find("E_DMQ_DIALOG", `"state":4`):
+				return errorf("no confirmed state seen; events %v", g.events.all("E_DMQ_DIALOG"))
+			case !g.events.find("E_DMQ_DIALOG", `"state":5`):
+				return errorf("no deleted state seen; events %v", g.events.all("E_DMQ_DIALOG"))
+			case g.Dialogs().Len() != 0:
+				return errorf("dialogs left after the BYE: %+v", g.Dialogs().Dump())
+			}
+			return nil
+		})
+	})
+
 	t.Run("garbage", func(t *testing.T) {
 		before := g.counter("rejects", "malformed")
 		if r := sendRaw(t, self, "this is not SIP\r\n\r\n", 300*time.Millisecond); r != "" {
@@ -555,6 +609,28 @@ func TestKamailioBus(t *testing.T) {
 			}
 			return nil
 		})
+	})
+}
+
+// startSipp runs sipp in the foreground of its own process, killed by pid when
+// the test ends.
+func startSipp(t *testing.T, bin, dir string, args ...string) {
+	t.Helper()
+	cmd := exec.Command(bin, append([]string{"-nostdin", "-timeout", "20s"}, args...)...)
+	cmd.Dir = dir
+	logf, err := os.Create(filepath.Join(dir, "sipp-"+strconv.Itoa(len(args))+"-"+randHex(2)+".log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logf, logf
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start sipp: %v", err)
+	}
+	done := make(chan struct{})
+	go func() { _ = cmd.Wait(); logf.Close(); close(done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-done
 	})
 }
 

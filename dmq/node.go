@@ -184,6 +184,9 @@ loop:
 			if n.usrloc != nil {
 				n.usrloc.expire()
 			}
+			if n.dialog != nil {
+				n.dialog.expire()
+			}
 		}
 	}
 	if runErr == nil {

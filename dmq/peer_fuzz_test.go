@@ -60,7 +60,12 @@ func TestPeerAnswers(t *testing.T) {
 		{n.Dialogs(), `{"action":1,"h_entry":1,"h_id":2,"callid":"c","state":1}`, 200},
 		{n.Dialogs(), `{"action":2,"h_entry":1,"h_id":2,"state":4}`, 200},
 		{n.Dialogs(), `{"action":2,"h_entry":1,"h_id":2,"state":5}`, 200},
-		{n.Dialogs(), `{"action":3,"h_entry":1,"h_id":2,"state":5}`, 500},
+		{n.Dialogs(), `{"action":2,"h_entry":1,"h_id":2,"state":4}`, 200}, // late, after deletion: ignored
+		{n.Dialogs(), `{"action":3,"h_entry":1,"h_id":2,"state":5}`, 200},
+		{n.Dialogs(), `{"action":2,"h_entry":7,"h_id":7,"state":4}`, 500},
+		{n.Dialogs(), `{"action":1,"h_entry":8,"h_id":8,"state":4}`, 200},
+		{n.Dialogs(), `{"action":2,"h_entry":8,"h_id":8,"state":2}`, 200}, // backward: ignored
+		{n.Dialogs(), `{"action":3,"h_entry":8,"h_id":8}`, 200},
 		{n.Dialogs(), `{"action":4}`, 200},
 		{n.Dialogs(), `{]`, 400},
 	}
