@@ -101,7 +101,7 @@ func TestRabbitMQStopStartKill(t *testing.T) {
 	start := time.Now()
 	r := testenv.NewRabbitMQ(t, testenv.RabbitOptions{Name: "chaos"})
 	t.Logf("private node %s ready in %s", r.NodeName, time.Since(start).Round(time.Millisecond))
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 240*time.Second)
 	defer cancel()
 
 	// A persistent message in a durable queue survives a graceful stop and a crash.
