@@ -18,7 +18,7 @@ const rabbitDirectReplyTo = rabbit.DirectReplyTo
 func randRead(b []byte) (int, error) { return rand.Read(b) }
 
 // maxQueryTimeout caps timeout_ms so that a typo cannot pin a waiter for hours.
-const maxQueryTimeout = 5 * time.Minute
+const maxQueryTimeout = 30 * time.Second
 
 func (b *Bridge) newDispatcher() *dispatcher {
 	d := &dispatcher{met: newServerMetrics(b.reg)}

@@ -27,8 +27,9 @@ const (
 	writeTimeout  = 5 * time.Second
 	// maxPipelined bounds requests in flight on one netstring connection.
 	maxPipelined = 1024
-	// callTimeout bounds a method whose own timeout is not tighter.
-	callTimeout = 30 * time.Second
+	// callTimeout bounds a method whose own timeout is not tighter; above the longest
+	// query so that timeout_ms is what ends a query.
+	callTimeout = maxQueryTimeout + 5*time.Second
 )
 
 type server struct {
