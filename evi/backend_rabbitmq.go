@@ -40,14 +40,14 @@ type rabbitmqBackend struct {
 	heartbeat time.Duration
 	deps      Deps
 
-	mu      sync.Mutex
-	m       *rabbit.Manager
-	pub     *rabbit.Publisher
-	stop    context.CancelFunc
-	done    chan struct{}
-	waited  bool // the first delivery waited for the first connection
-	closed  bool
-	startEr error
+	mu       sync.Mutex
+	m        *rabbit.Manager
+	pub      *rabbit.Publisher
+	stop     context.CancelFunc
+	done     chan struct{}
+	waited   bool // the first delivery waited for the first connection
+	closed   bool
+	startErr error
 }
 
 // rabbitmqSocket is a parsed rabbitmq: socket string.
@@ -289,8 +289,8 @@ func (b *rabbitmqBackend) start(ctx context.Context) (*rabbit.Publisher, error) 
 	if b.closed {
 		return nil, fmt.Errorf("rabbitmq %s: backend closed", b.shown)
 	}
-	if b.pub != nil || b.startEr != nil {
-		return b.pub, b.startEr
+	if b.pub != nil || b.startErr != nil {
+		return b.pub, b.startErr
 	}
 	cfg := rabbit.Config{
 		URLs:      []string{b.amqpURL},
@@ -308,8 +308,8 @@ func (b *rabbitmqBackend) start(ctx context.Context) (*rabbit.Publisher, error) 
 	}
 	m, err := rabbit.New(cfg)
 	if err != nil {
-		b.startEr = fmt.Errorf("rabbitmq %s: %w", b.shown, err)
-		return nil, b.startEr
+		b.startErr = fmt.Errorf("rabbitmq %s: %w", b.shown, err)
+		return nil, b.startErr
 	}
 	pub, err := m.NewPublisher(ctx, rabbit.PublisherOptions{Label: "evi"})
 	if err != nil {

@@ -214,7 +214,7 @@ func TestRabbitMQBrokerRestart(t *testing.T) {
 		if err == nil {
 			t.Fatal("Deliver succeeded with the broker stopped")
 		}
-		if took > time.Second {
+		if took > 2*time.Second {
 			t.Fatalf("Deliver took %v to fail with the broker down: it must not wait for its 5s deadline", took)
 		}
 	}
