@@ -264,3 +264,49 @@ func TestRedactRabbitMQ(t *testing.T) {
 		}
 	}
 }
+
+// With the broker cut off mid-stream, virtual:FAILOVER moves to the next
+// member on the very event that could not be confirmed, without waiting for
+// the deadline, and comes back once the broker is reachable and the member's
+// failover window has passed.
+func TestRabbitMQFailoverMovesOnAtOnce(t *testing.T) {
+	c := confRabbitMQ(t) // the broker behind a proxy that can be cut
+	backup := newStreamPeer(t, nil)
+	v, err := NewBackend("virtual:FAILOVER "+c.socket+" tcp:"+backup.addr(), Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer v.Close()
+	v.(*Virtual).SetFailoverTimeout(500 * time.Millisecond)
+	deliver := func(seq int) time.Duration {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		start := time.Now()
+		if err := v.Deliver(ctx, confEvent{name: "E_CONFORMANCE", note: "tick", seq: seq}.event()); err != nil {
+			t.Fatalf("event %d: %v", seq, err)
+		}
+		return time.Since(start)
+	}
+	deliver(0)
+	if got := c.in.next(t, 10*time.Second); got != c.want(confEvent{name: "E_CONFORMANCE", note: "tick", seq: 0}) {
+		t.Fatalf("queue got %s", got)
+	}
+	c.down(t, nil)
+	if took := deliver(1); took > 2*time.Second {
+		t.Fatalf("failing over took %v: the dead broker was waited for", took)
+	}
+	checkFor(t, 5*time.Second, "event 1 at the backup", func() bool { return len(backup.received()) == 1 })
+	c.up(t, nil)
+	seq := 2
+	checkFor(t, 30*time.Second, "events back on RabbitMQ", func() bool {
+		deliver(seq)
+		seq++
+		select {
+		case <-time.After(50 * time.Millisecond):
+			return false
+		case got := <-c.in.ch:
+			return strings.Contains(got, `"seq":`+strconv.Itoa(seq-1))
+		}
+	})
+}
