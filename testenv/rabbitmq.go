@@ -146,10 +146,21 @@ func StartRabbitMQ(ctx context.Context, opts RabbitOptions) (*RabbitMQ, error) {
 	}
 	ctx, cancel := withDefaultTimeout(ctx, rabbitStartTimeout)
 	defer cancel()
+	// A port picked free can be taken by someone else before the node binds it: start afresh.
+	for attempt := 1; ; attempt++ {
+		r, err := startRabbit(ctx, opts, server, ctl, epmdBin)
+		if err == nil || attempt >= 3 || !strings.Contains(err.Error(), "eaddrinuse") || ctx.Err() != nil {
+			return r, err
+		}
+		slog.Info("testenv: rabbitmq port taken meanwhile, retrying with new ports", "attempt", attempt)
+	}
+}
 
+func startRabbit(ctx context.Context, opts RabbitOptions, server, ctl, epmdBin string) (*RabbitMQ, error) {
+	var err error
 	r := &RabbitMQ{Host: "127.0.0.1", serverBin: server, ctlBin: ctl}
-	// As root, run the node as user rabbitmq like the packaged service does: Erlang refuses
-	// nothing as root, but files it leaves behind would then be root's in a user's tree.
+	// As root, drop to user rabbitmq as the packaged service does: a broker has no business
+	// running as root, and Erlang wants the cookie in HOME owned by the user who reads it.
 	uid, gid := -1, -1
 	if os.Geteuid() == 0 {
 		if u, err := user.Lookup("rabbitmq"); err == nil {
