@@ -35,6 +35,11 @@ type Options struct {
 	// NewDeliverer builds the deliverer of a consume.deliver string; nil uses
 	// DefaultDeliverer (OpenSIPS MI raise_event, Kamailio evapi).
 	NewDeliverer func(target string, opts Options) (Deliverer, error)
+	// Events receives the messages of consumers with deliver = "events", so that they
+	// are re-dispatched like any proxy event (sipside run passes its evi pipeline).
+	// params is a JSON object: {"body":…,"exchange":…,"routing_key":…[,"id":…]}.
+	// A nil error means the event was taken (delivered or safely spooled).
+	Events func(ctx context.Context, name string, params []byte) error
 }
 
 // Bridge is the running AMQP bridge.

@@ -416,3 +416,37 @@ func TestQueryFailover(t *testing.T) {
 	}
 	t.Logf("ok %d, failed in flight %d", ok, lost)
 }
+
+// deliver = "events" hands consumed messages to sipside's own event routes.
+func TestConsumeToEvents(t *testing.T) {
+	u := brokerURL(t)
+	cfgEdit := func(c *Config) {
+		c.JSONRPC.Listen = nil
+		c.AMQP.Consume = []ConsumeConfig{{Exchange: testExchange, RoutingKey: "evi.#", Deliver: DeliverEvents, Event: "E_AMQP_IN"}}
+	}
+	var c Config
+	c.AMQP.Brokers = []string{u}
+	cfgEdit(&c)
+	if _, err := New(c, Options{Logger: quiet}); err == nil || !strings.Contains(err.Error(), "event pipeline") {
+		t.Fatalf("New without Events: %v", err)
+	}
+	got := make(chan string, 4)
+	b, _ := startBridge(t, u, cfgEdit, Options{Events: func(_ context.Context, name string, params []byte) error {
+		got <- name + " " + string(params)
+		return nil
+	}})
+	waitFor(t, 10*time.Second, "consumer", func() bool { return b.consumers[0].queue.Load().(string) != "" })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := b.Publish(ctx, PublishRequest{Exchange: testExchange, RoutingKey: "evi.x", Body: []byte(`{"a":1}`)}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case ev := <-got:
+		if ev != `E_AMQP_IN {"body":"{\"a\":1}","exchange":"sipside_kazoo_test","routing_key":"evi.x"}` {
+			t.Fatalf("event %s", ev)
+		}
+	case <-ctx.Done():
+		t.Fatal("no event")
+	}
+}

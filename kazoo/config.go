@@ -56,7 +56,8 @@ type ConsumeConfig struct {
 	Ack        string   `toml:"ack"`
 	AckTimeout Duration `toml:"ack_timeout"` // default 30s
 	// Deliver is an mi target of OpenSIPS (raise_event), e.g. opensips:udp:127.0.0.1:8080,
-	// or evapi:HOST:PORT for Kamailio's evapi module.
+	// evapi:HOST:PORT for Kamailio's evapi module, or "events" for sipside's own event
+	// routes ([[route]]), as if the proxy had raised the event.
 	Deliver string `toml:"deliver"`
 	// Event is the OpenSIPS event raised, and the "event" member of evapi messages.
 	Event string `toml:"event"`
@@ -206,8 +207,8 @@ func (c *Config) Validate() error {
 		if err := checkDeliver(cc.Deliver); err != nil {
 			return fmt.Errorf("%s.deliver: %w", key, err)
 		}
-		if cc.Event == "" && strings.HasPrefix(cc.Deliver, "opensips:") {
-			return fmt.Errorf("%s.event: empty; OpenSIPS needs the event to raise, e.g. E_AMQP_ROUTE_REQ", key)
+		if cc.Event == "" && (strings.HasPrefix(cc.Deliver, "opensips:") || cc.Deliver == DeliverEvents) {
+			return fmt.Errorf("%s.event: empty; name the event to raise, e.g. E_AMQP_ROUTE_REQ", key)
 		}
 	}
 	j := c.JSONRPC
@@ -232,6 +233,7 @@ func (c *Config) Validate() error {
 
 func checkDeliver(s string) error {
 	switch {
+	case s == DeliverEvents:
 	case strings.HasPrefix(s, "evapi:"):
 		if _, _, err := net.SplitHostPort(strings.TrimPrefix(s, "evapi:")); err != nil {
 			return fmt.Errorf("%q: want evapi:HOST:PORT, e.g. evapi:127.0.0.1:8448", s)
@@ -240,10 +242,13 @@ func checkDeliver(s string) error {
 	case strings.HasPrefix(s, "kamailio:"):
 		return fmt.Errorf("%q: Kamailio has no raise_event; use evapi:HOST:PORT (modparam evapi bind_addr)", s)
 	default:
-		return fmt.Errorf("%q: want opensips:… (an mi target) or evapi:HOST:PORT", s)
+		return fmt.Errorf("%q: want opensips:… (an mi target), evapi:HOST:PORT or events", s)
 	}
 	return nil
 }
+
+// DeliverEvents hands consumed messages to sipside's own event routes.
+const DeliverEvents = "events"
 
 // Listener kinds.
 const (

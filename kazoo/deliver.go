@@ -2,6 +2,7 @@ package kazoo
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -17,6 +18,12 @@ func DefaultDeliverer(target string, opts Options) (Deliverer, error) {
 	if err := checkDeliver(target); err != nil {
 		return nil, err
 	}
+	if target == DeliverEvents {
+		if opts.Events == nil {
+			return nil, errors.New(`deliver = "events" needs sipside's event pipeline (kazoo.Options.Events), which only sipside run has`)
+		}
+		return eventsDeliverer(opts.Events), nil
+	}
 	if addr, ok := strings.CutPrefix(target, "evapi:"); ok {
 		return &EvapiDeliverer{Addr: addr}, nil
 	}
@@ -25,6 +32,28 @@ func DefaultDeliverer(target string, opts Options) (Deliverer, error) {
 		return nil, err
 	}
 	return &RaiseEventDeliverer{Client: c}, nil
+}
+
+// eventsDeliverer re-dispatches consumed messages through sipside's event routes.
+type eventsDeliverer func(ctx context.Context, name string, params []byte) error
+
+func (f eventsDeliverer) Deliver(ctx context.Context, m *Message) error {
+	return f(ctx, m.Event, messageParams(m))
+}
+
+// messageParams is the params object of a consumed message as an event.
+func messageParams(m *Message) []byte {
+	p := append([]byte(nil), `{"body":`...)
+	p = appendString(p, string(m.Body))
+	p = append(p, `,"exchange":`...)
+	p = appendString(p, m.Exchange)
+	p = append(p, `,"routing_key":`...)
+	p = appendString(p, m.RoutingKey)
+	if m.AckID != "" {
+		p = append(p, `,"id":`...)
+		p = appendString(p, m.AckID)
+	}
+	return append(p, '}')
 }
 
 // MICaller is the part of mi.Client the OpenSIPS deliverer uses.
@@ -42,17 +71,7 @@ type RaiseEventDeliverer struct {
 // Deliver calls raise_event. OpenSIPS takes the params as a string holding a JSON
 // object (a plain object is refused).
 func (r *RaiseEventDeliverer) Deliver(ctx context.Context, m *Message) error {
-	p := append([]byte(nil), `{"body":`...)
-	p = appendString(p, string(m.Body))
-	p = append(p, `,"exchange":`...)
-	p = appendString(p, m.Exchange)
-	p = append(p, `,"routing_key":`...)
-	p = appendString(p, m.RoutingKey)
-	if m.AckID != "" {
-		p = append(p, `,"id":`...)
-		p = appendString(p, m.AckID)
-	}
-	p = append(p, '}')
+	p := messageParams(m)
 	_, err := r.Client.Call(ctx, "raise_event", mi.Named{{Name: "event", Value: m.Event}, {Name: "params", Value: string(p)}})
 	if err != nil {
 		return fmt.Errorf("raise_event %s: %w (is the event declared in the script, e.g. by an event_route[%s]?)", m.Event, err, m.Event)
