@@ -31,9 +31,9 @@ type Options struct {
 	Metrics *metrics.Registry
 	// Logger gets debug records of dropped replies; nil means slog.Default().
 	Logger *slog.Logger
-	// ReplyDir is where FIFO replies are made. The proxy only writes replies into its
-	// own reply directory (mi_fifo reply_dir, jsonrpcs fifo_reply_dir) and takes just a
-	// file name, so this must be that directory. Default: the FIFO's own directory.
+	// ReplyDir is the proxy's FIFO reply directory (mi_fifo reply_dir, jsonrpcs
+	// fifo_reply_dir): the proxy takes just a file name and writes the reply there.
+	// Default: watch both the FIFO's own directory and the modules' default /tmp.
 	ReplyDir string
 	// SocketDir is where a unix datagram client binds its own socket, which the
 	// proxy needs to send the reply back. Default: os.TempDir().

@@ -562,3 +562,39 @@ func TestHTTPWrongPath(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+// TestFIFOReplyDir: without --reply-dir the reply reaches us whether the proxy's
+// reply directory is beside its FIFO or the modules' default /tmp; with one, only there.
+func TestFIFOReplyDir(t *testing.T) {
+	for _, d := range []Dialect{OpenSIPS, Kamailio} {
+		t.Run(string(d), func(t *testing.T) {
+			f := newFake(t, d, "fifo")
+			f.mu.Lock()
+			f.fifoReplyDir = "/tmp"
+			f.mu.Unlock()
+			c := newClient(t, f.target, Options{})
+			if r, err := c.Call(context.Background(), "version", nil); err != nil || r.String() != `"OK"` {
+				t.Fatalf("reply in /tmp: %v %v", r, err)
+			}
+			other := t.TempDir()
+			f.mu.Lock()
+			f.fifoReplyDir = other
+			f.mu.Unlock()
+			c2 := newClient(t, f.target, Options{ReplyDir: other})
+			if r, err := c2.Call(context.Background(), "version", nil); err != nil || r.String() != `"OK"` {
+				t.Fatalf("reply in --reply-dir: %v %v", r, err)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer cancel()
+			if _, err := c.Call(ctx, "version", nil); !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "reply_dir") {
+				t.Fatalf("reply in a directory we do not watch: %v", err)
+			}
+			entries, _ := filepath.Glob("/tmp/sipside_reply_*")
+			for _, e := range entries {
+				if strings.Contains(e, fmt.Sprintf("sipside_reply_%d_", os.Getpid())) {
+					t.Errorf("reply FIFO %s left behind", e)
+				}
+			}
+		})
+	}
+}

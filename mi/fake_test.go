@@ -28,7 +28,10 @@ type fakeProxy struct {
 	// reply answers a JSON request; nil means the echo default. Datagram fakes send
 	// every element as its own datagram.
 	reply func(req []byte) [][]byte
-	mu    sync.Mutex
+	// fifoReplyDir, when set, is where the FIFO fake writes replies instead of beside
+	// its FIFO, as a proxy with another reply_dir does.
+	fifoReplyDir string
+	mu           sync.Mutex
 }
 
 func (f *fakeProxy) answer(req []byte) [][]byte {
@@ -218,7 +221,13 @@ func (f *fakeProxy) serveFIFO(r *os.File, dir string) {
 		if name == "" || len(replies) == 0 {
 			continue
 		}
-		w, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|syscall.O_NONBLOCK, 0)
+		f.mu.Lock()
+		rdir := dir
+		if f.fifoReplyDir != "" {
+			rdir = f.fifoReplyDir
+		}
+		f.mu.Unlock()
+		w, err := os.OpenFile(filepath.Join(rdir, name), os.O_WRONLY|syscall.O_NONBLOCK, 0)
 		if err != nil {
 			continue
 		}

@@ -16,39 +16,82 @@ import (
 	"github.com/valyala/fastjson"
 )
 
-// fifo is the mi_fifo / jsonrpcs FIFO transport. Each call makes its own reply FIFO
-// in the proxy's reply directory, so concurrent calls never share a reply stream.
+// fifo is the mi_fifo / jsonrpcs FIFO transport. Each call makes its own reply FIFO,
+// so concurrent calls never share a reply stream.
 type fifo struct {
-	t        Target
-	replyDir string
-	seq      atomic.Uint64
-	wmu      sync.Mutex // one request line at a time, so that long ones never interleave
+	t         Target
+	replyDirs []string
+	seq       atomic.Uint64
+	wmu       sync.Mutex // one request line at a time, so that long ones never interleave
 }
 
+// moduleReplyDir is both modules' default reply directory (mi_fifo reply_dir,
+// jsonrpcs fifo_reply_dir).
+const moduleReplyDir = "/tmp"
+
+// newFIFO: the proxy writes the reply into its own reply directory, which we cannot
+// ask it for. Without an explicit one, the reply FIFO is made both beside the
+// request FIFO (where configs that set reply_dir usually put it) and in the modules'
+// default /tmp, and the first to get a reply wins.
 func newFIFO(t Target, replyDir string) *fifo {
-	if replyDir == "" {
-		replyDir = filepath.Dir(t.Addr)
+	if replyDir != "" {
+		return &fifo{t: t, replyDirs: []string{filepath.Clean(replyDir)}}
 	}
-	return &fifo{t: t, replyDir: replyDir}
+	dirs := []string{filepath.Dir(t.Addr)}
+	if dirs[0] != moduleReplyDir {
+		dirs = append(dirs, moduleReplyDir)
+	}
+	return &fifo{t: t, replyDirs: dirs}
+}
+
+// replyFIFO is one reply FIFO made for one call.
+type replyFIFO struct {
+	path string
+	f    *os.File
+}
+
+func (f *fifo) makeReplyFIFOs(name string) ([]replyFIFO, error) {
+	var (
+		out  []replyFIFO
+		errs []error
+	)
+	for _, dir := range f.replyDirs {
+		path := filepath.Join(dir, name)
+		_ = os.Remove(path)
+		if err := syscall.Mkfifo(path, 0o666); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		// The proxy may run as another user; mkfifo's mode is cut by our umask.
+		_ = os.Chmod(path, 0o666)
+		// Opened read-write so the read never sees EOF between the proxy's open and its
+		// first write; the reply ends when the bytes form one complete JSON value.
+		rf, err := os.OpenFile(path, os.O_RDWR, 0)
+		if err != nil {
+			_ = os.Remove(path)
+			errs = append(errs, err)
+			continue
+		}
+		out = append(out, replyFIFO{path: path, f: rf})
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("make reply FIFO %s in %v: %w (is --reply-dir the proxy's reply directory, and writable?)", name, f.replyDirs, errors.Join(errs...))
+	}
+	return out, nil
 }
 
 func (f *fifo) roundTrip(ctx context.Context, id uint32, method string, params []byte) ([]byte, error) {
 	name := "sipside_reply_" + strconv.Itoa(os.Getpid()) + "_" + strconv.FormatUint(f.seq.Add(1), 10)
-	path := filepath.Join(f.replyDir, name)
-	_ = os.Remove(path)
-	if err := syscall.Mkfifo(path, 0o666); err != nil {
-		return nil, fmt.Errorf("make reply FIFO %s: %w (is --reply-dir the proxy's reply directory, and writable?)", path, err)
-	}
-	defer os.Remove(path)
-	// The proxy may run as another user; mkfifo's mode is cut by our umask.
-	_ = os.Chmod(path, 0o666)
-	// Opened read-write so the read never sees EOF between the proxy's open and its
-	// first write; the reply ends when the bytes form one complete JSON value.
-	rf, err := os.OpenFile(path, os.O_RDWR, 0)
+	rfs, err := f.makeReplyFIFOs(name)
 	if err != nil {
-		return nil, fmt.Errorf("open reply FIFO %s: %w", path, err)
+		return nil, err
 	}
-	defer rf.Close()
+	defer func() {
+		for _, r := range rfs {
+			r.f.Close()
+			_ = os.Remove(r.path)
+		}
+	}()
 
 	var line []byte
 	if f.t.Dialect == Kamailio {
@@ -60,19 +103,51 @@ func (f *fifo) roundTrip(ctx context.Context, id uint32, method string, params [
 	if err := f.send(ctx, line); err != nil {
 		return nil, err
 	}
-	if dl, ok := ctx.Deadline(); ok {
-		_ = rf.SetReadDeadline(dl)
+	type result struct {
+		body []byte
+		err  error
 	}
-	stop := context.AfterFunc(ctx, func() { _ = rf.SetReadDeadline(time.Unix(1, 0)) })
-	defer stop()
-	body, err := readFIFOReply(rf)
-	if err != nil {
-		if ctx.Err() != nil {
+	results := make(chan result, len(rfs))
+	for _, r := range rfs {
+		if dl, ok := ctx.Deadline(); ok {
+			_ = r.f.SetReadDeadline(dl)
+		}
+		go func() {
+			body, err := readFIFOReply(r.f)
+			if err != nil {
+				err = fmt.Errorf("read reply FIFO %s: %w", r.path, err)
+			}
+			results <- result{body, err}
+		}()
+	}
+	var firstErr error
+	for range rfs {
+		select {
+		case r := <-results:
+			if r.err == nil {
+				f.unblock(rfs)
+				return r.body, nil
+			}
+			if ctx.Err() != nil { // the reads end at the call's deadline
+				f.unblock(rfs)
+				return nil, ctx.Err()
+			}
+			if firstErr == nil {
+				firstErr = r.err
+			}
+		case <-ctx.Done():
+			f.unblock(rfs)
 			return nil, ctx.Err()
 		}
-		return nil, fmt.Errorf("read reply FIFO %s: %w", path, err)
 	}
-	return body, nil
+	return nil, firstErr
+}
+
+// unblock ends the reads still waiting on the other reply FIFOs.
+func (f *fifo) unblock(rfs []replyFIFO) {
+	for _, r := range rfs {
+		_ = r.f.SetReadDeadline(time.Unix(1, 0))
+	}
 }
 
 // readFIFOReply reads until the bytes form one complete reply: the proxy may write it

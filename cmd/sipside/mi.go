@@ -51,7 +51,7 @@ func cmdMI(ctx context.Context, e *env, args []string) int {
 	config := fs.String("c", "", "config `FILE` whose [mi] target is the default")
 	timeout := fs.Duration("timeout", mi.DefaultTimeout, "give up waiting for the reply after `DURATION`")
 	rawParams := fs.String("params", "", "all parameters as one JSON array or object (no ARGs then)")
-	replyDir := fs.String("reply-dir", "", "FIFO: the proxy's reply directory (default: the FIFO's directory)")
+	replyDir := fs.String("reply-dir", "", "FIFO: the proxy's reply `DIR` (default: watch the FIFO's directory and /tmp)")
 	fs.Usage = func() {
 		fmt.Fprint(e.stderr, miUsage)
 		fs.PrintDefaults()
