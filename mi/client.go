@@ -211,7 +211,7 @@ func (c *Client) hint() string {
 		case HTTP:
 			return "is OpenSIPS running with httpd and mi_http at that URL? (mi_http never finishes notifications and GETs)"
 		case FIFO:
-			return "does mi_fifo read that FIFO, and is its reply_dir the directory sipside makes reply FIFOs in (Options.ReplyDir / --reply-dir)?"
+			return "does mi_fifo read that FIFO, and is its reply_dir the FIFO's directory or /tmp? (else name it with --reply-dir / Options.ReplyDir)"
 		}
 	case Kamailio:
 		switch c.target.Transport {
@@ -220,7 +220,7 @@ func (c *Client) hint() string {
 		case HTTP:
 			return "is Kamailio running with xhttp and an event_route[xhttp:request] calling jsonrpc_dispatch() for that path?"
 		case FIFO:
-			return "does jsonrpcs read that FIFO (transport 2 or 7), and is its fifo_reply_dir the directory sipside makes reply FIFOs in (Options.ReplyDir / --reply-dir)?"
+			return "does jsonrpcs read that FIFO (transport 2 or 7), and is its fifo_reply_dir the FIFO's directory or /tmp? (else name it with --reply-dir / Options.ReplyDir)"
 		}
 	}
 	return "is the proxy running?"
