@@ -170,7 +170,7 @@ func (p *Publisher) open(s *Session, conn *amqp.Connection) error {
 		pending: make(map[uint64]*pending),
 		done:    make(chan struct{}),
 	}
-	returns := ch.NotifyReturn(make(chan amqp.Return, 256))
+	returns := ch.NotifyReturn(make(chan amqp.Return, 4096))
 	closed := ch.NotifyClose(make(chan *amqp.Error, 1))
 	pc.returns = returns
 	go p.watch(pc, closed)
