@@ -378,7 +378,12 @@ func (n *Node) Send(ctx context.Context, a NodeAddr, channel, contentType string
 // all answers. Receivers never relay, so this is how a change made here
 // reaches the whole bus. The error lists the nodes that did not answer 200.
 func (n *Node) Broadcast(ctx context.Context, channel, contentType string, body []byte) error {
-	others := n.list.Others(true)
+	var others []NodeInfo
+	for _, o := range n.list.Others(true) {
+		if o.Addr.Transport == "" { // only UDP is spoken
+			others = append(others, o)
+		}
+	}
 	errs := make([]error, len(others))
 	var wg sync.WaitGroup
 	for i, o := range others {
