@@ -148,11 +148,21 @@ func BenchmarkProcessCoreVersion(b *testing.B) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		b.Fatalf("go build: %v\n%s", err, out)
 	}
+	// the floor for any Go process: a minimal static program doing one UDP exchange
+	floorSrc := filepath.Join(b.TempDir(), "floor.go")
+	floor := filepath.Join(b.TempDir(), "floor")
+	if err := os.WriteFile(floorSrc, []byte(goFloorProgram), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	if out, err := exec.Command("go", "build", "-o", floor, floorSrc).CombinedOutput(); err != nil {
+		b.Fatalf("go build floor: %v\n%s", err, out)
+	}
 	tools := []struct {
 		name string
 		argv []string
 		env  []string
 	}{
+		{"go-minimal-udp", []string{floor, strings.TrimPrefix(k.MITargetUDP(), "kamailio:udp:")}, nil},
 		{"sipside-mi-udp", []string{bin, "mi", "-t", k.MITargetUDP(), "core.version"}, nil},
 		{"sipside-mi-http", []string{bin, "mi", "-t", k.MITargetHTTP(), "core.version"}, nil},
 		{"sipside-mi-fifo", []string{bin, "mi", "-t", k.MITargetFIFO(), "--reply-dir", "/tmp", "core.version"}, nil},
@@ -182,3 +192,27 @@ func BenchmarkProcessCoreVersion(b *testing.B) {
 		})
 	}
 }
+
+const goFloorProgram = `package main
+
+import (
+	"net"
+	"os"
+	"time"
+)
+
+func main() {
+	c, err := net.Dial("udp", os.Args[1])
+	if err != nil {
+		os.Exit(2)
+	}
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte(` + "`" + `{"jsonrpc":"2.0","method":"core.version","id":1}` + "`" + `))
+	buf := make([]byte, 65536)
+	n, err := c.Read(buf)
+	if err != nil {
+		os.Exit(2)
+	}
+	os.Stdout.Write(buf[:n])
+}
+`
