@@ -120,7 +120,7 @@ func (t *transport) roundTrip(ctx context.Context, dst netip.AddrPort, req *Mess
 // retransmission gets the very same reply without running the handler again.
 type serverTx struct {
 	resp    []byte // nil while the handler runs: copies are then ignored
-	dst     netip.AddrPort
+	reply   replier
 	expires time.Time
 }
 
@@ -149,11 +149,11 @@ func (s *serverTxs) begin(key string, now time.Time, ttl time.Duration) (*server
 	return nil, true
 }
 
-func (s *serverTxs) finish(key string, resp []byte, dst netip.AddrPort, now time.Time, ttl time.Duration) {
+func (s *serverTxs) finish(key string, resp []byte, reply replier, now time.Time, ttl time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if tx, ok := s.txs[key]; ok {
-		tx.resp, tx.dst, tx.expires = resp, dst, now.Add(ttl)
+		tx.resp, tx.reply, tx.expires = resp, reply, now.Add(ttl)
 	}
 }
 

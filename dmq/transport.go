@@ -20,10 +20,15 @@ import (
 type handlerFunc func(req *Message, src netip.AddrPort) *Message
 
 type inbound struct {
-	req *Message
-	src netip.AddrPort
-	key string
+	req   *Message
+	src   netip.AddrPort
+	key   string
+	reply replier
 }
+
+// replier sends a response back where its request came from: to the Via
+// address over UDP, on the connection (or a new one to the Via) over TCP.
+type replier func(raw []byte) error
 
 // transport is the UDP side: one socket, a reader, one request worker, the
 // client and server transaction tables.
@@ -87,12 +92,22 @@ func (t *transport) run(ctx context.Context) error {
 			}
 			return fmt.Errorf("dmq: read: %w", err)
 		}
-		t.receive(ctx, buf[:n], src)
+		src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+		t.receive(ctx, buf[:n], src, nil)
 	}
 }
 
-func (t *transport) receive(ctx context.Context, data []byte, src netip.AddrPort) {
-	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
+// udpReplier answers to where the sl module would: the topmost Via.
+func (t *transport) udpReplier(m *Message, src netip.AddrPort) replier {
+	dst := replyAddr(m, src)
+	return func(raw []byte) error {
+		_, err := t.conn.WriteToUDPAddrPort(raw, dst)
+		return err
+	}
+}
+
+// receive handles one message; reply is nil for UDP (answer to the Via).
+func (t *transport) receive(ctx context.Context, data []byte, src netip.AddrPort, reply func(m *Message) replier) {
 	if len(strings.TrimSpace(string(data))) == 0 {
 		return // CRLF keepalive
 	}
@@ -117,10 +132,15 @@ func (t *transport) receive(ctx context.Context, data []byte, src netip.AddrPort
 		t.drop("unanswerable", src, fmt.Errorf("%s without Via, Call-ID or CSeq", m.Method))
 		return
 	}
-	dst := replyAddr(m, src)
+	var rep replier
+	if reply == nil {
+		rep = t.udpReplier(m, src)
+	} else {
+		rep = reply(m)
+	}
 	if err := m.validateRequest(); err != nil {
 		t.drop("bad_request", src, err)
-		t.reply(dst, m.Reply(400, "Bad Request", newTag(), "", nil), channelOf(m))
+		t.reply(rep, src, m.Reply(400, "Bad Request", newTag(), "", nil), channelOf(m))
 		return
 	}
 	key := serverKey(m)
@@ -128,12 +148,12 @@ func (t *transport) receive(ctx context.Context, data []byte, src netip.AddrPort
 	if tx, isNew := t.servers.begin(key, now, t.timers.Timeout); !isNew {
 		if tx.resp != nil {
 			t.metrics.retransmissions.With(channelOf(m)).Inc()
-			_ = t.send(tx.dst, tx.resp, channelOf(m), false)
+			_ = tx.reply(tx.resp)
 		}
 		return
 	}
 	select {
-	case t.queue <- inbound{req: m, src: src, key: key}:
+	case t.queue <- inbound{req: m, src: src, key: key, reply: rep}:
 	case <-ctx.Done():
 	}
 }
@@ -148,20 +168,19 @@ func (t *transport) worker(ctx context.Context) {
 			if resp == nil {
 				continue
 			}
-			dst := replyAddr(in.req, in.src)
-			raw := t.reply(dst, resp, channelOf(in.req))
-			t.servers.finish(in.key, raw, dst, time.Now(), t.timers.Timeout)
+			raw := t.reply(in.reply, in.src, resp, channelOf(in.req))
+			t.servers.finish(in.key, raw, in.reply, time.Now(), t.timers.Timeout)
 		}
 	}
 }
 
-func (t *transport) reply(dst netip.AddrPort, resp *Message, channel string) []byte {
+func (t *transport) reply(rep replier, peer netip.AddrPort, resp *Message, channel string) []byte {
 	if t.trace != nil {
-		t.trace(false, dst, resp)
+		t.trace(false, peer, resp)
 	}
 	raw := resp.Bytes()
-	if err := t.send(dst, raw, channel, false); err != nil {
-		t.log.Warn("dmq: sending reply failed", "to", dst.String(), "status", resp.StatusCode, "err", err)
+	if err := rep(raw); err != nil {
+		t.log.Warn("dmq: sending reply failed", "to", peer.String(), "status", resp.StatusCode, "err", err)
 	}
 	t.metrics.messages.With("out", channel, "response").Inc()
 	return raw
