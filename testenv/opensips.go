@@ -56,10 +56,16 @@ type OpenSIPSSubscription struct {
 	TTL    int // seconds left; <= 0 once expired
 }
 
-// OpenSIPSServer is an OpenSIPS for tests: a real one when OPENSIPS_BIN is set, else an
-// in-process emulator that answers MI byte for byte as OpenSIPS 3.6.8 did in the
-// recordings under protocol/opensips/captures, and sends event_datagram and
-// event_stream (notification mode) payloads for raised events.
+// OpenSIPSServer is an OpenSIPS for tests: a real one when OPENSIPS_BIN is set
+// (OPENSIPS_MPATH overrides its module directory), else an in-process emulator that
+// answers MI byte for byte as OpenSIPS 3.6.8 did in the recordings under
+// protocol/opensips/captures, and sends event_datagram (udp:, unix:) and event_stream
+// (tcp:, both modes) payloads for raised events.
+//
+// The emulator knows the commands version, uptime, which, ps, pwd, events_list,
+// event_subscribe, subscribers_list, raise_event and get_statistics; the shapes of ps,
+// pwd and which [command] are plausible, not recorded. It delivers virtual:PARALLEL
+// but not FAILOVER or ROUND-ROBIN, and no flatstore/xmlrpc events.
 type OpenSIPSServer struct {
 	Real     bool   // a real OpenSIPS process, not the emulator
 	MIUDP    string // mi_datagram host:port ("" with UnixMI)
