@@ -81,22 +81,25 @@ func schemeOf(socket string) (scheme, rest string) {
 // Redact hides a password in a socket string (rabbitmq:user:pass@host…,
 // http://user:pass@…), so that strings can go into logs and metric labels.
 func Redact(socket string) string {
-	if u, err := url.Parse(socket); err == nil && u.User != nil {
-		if _, has := u.User.Password(); has {
-			return u.Redacted()
+	socket = strings.TrimSpace(socket)
+	if rest, ok := strings.CutPrefix(socket, "virtual:"); ok {
+		f := strings.Fields(rest)
+		for i := range f {
+			f[i] = Redact(f[i])
+		}
+		return "virtual:" + strings.Join(f, " ")
+	}
+	switch scheme, rest := schemeOf(socket); scheme {
+	case "rabbitmq":
+		return "rabbitmq:" + redactRabbitMQ(rest)
+	case "http", "https":
+		if u, err := url.Parse(socket); err == nil && u.User != nil {
+			if _, has := u.User.Password(); has {
+				return u.Redacted()
+			}
 		}
 	}
-	at := strings.LastIndex(socket, "@")
-	if at < 0 {
-		return socket
-	}
-	head := socket[:at]
-	i := strings.LastIndex(head, ":")
-	j := strings.Index(head, ":")
-	if i <= j { // only "scheme:user@": no password
-		return socket
-	}
-	return head[:i+1] + "xxxxx" + socket[at:]
+	return socket
 }
 
 // lockedWriter serialises whole writes from several backends.

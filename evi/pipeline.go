@@ -192,6 +192,9 @@ func (p *Pipeline) apply(cfg Config) error {
 	return nil
 }
 
+// Reopen reopens the backends' files (logrotate).
+func (p *Pipeline) Reopen() error { return p.router.Load().Reopen() }
+
 // Reload applies a new configuration; on error the running one stays.
 func (p *Pipeline) Reload(cfg Config) error { return p.apply(cfg) }
 

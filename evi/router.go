@@ -98,6 +98,8 @@ type route struct {
 	ok, bad *metrics.Counter // per backend, when it is not virtual (Virtual counts its members)
 	spool   *RouteSpool      // nil without a spool
 
+	spillAfter time.Duration
+
 	spoolLog *rateLog
 }
 
@@ -186,14 +188,32 @@ func (r *Router) TryAccept(ev *Event) bool {
 		case rt.queue <- ev:
 			rt.depth.Add(1)
 		default:
-			rt.full.Inc()
-			ev.done(r.fail(rt, ev, fmt.Errorf("queue of %d events is full: the backend is slower than the events", cap(rt.queue))))
+			r.overflow(rt, ev)
 		}
 	}
 	if !matched {
 		r.m.Unmatched.Inc()
 	}
 	return true
+}
+
+// overflow handles an event whose route queue is full. With a spool the
+// worker moves the queue to disk at disk speed, so a full queue is brief:
+// wait for room up to the route's timeout. Only the worker writes the
+// spool, which is what keeps one input's events in order.
+func (r *Router) overflow(rt *route, ev *Event) {
+	if r.spool != nil {
+		t := time.NewTimer(time.Duration(rt.cfg.Timeout))
+		defer t.Stop()
+		select {
+		case rt.queue <- ev:
+			rt.depth.Add(1)
+			return
+		case <-t.C:
+		}
+	}
+	rt.full.Inc()
+	ev.done(r.lose(rt, ev, fmt.Errorf("queue of %d events is full: the backend is slower than the events", cap(rt.queue))))
 }
 
 func (rt *route) matches(name string) bool {
@@ -220,6 +240,7 @@ func (r *Router) work(rt *route) {
 			r.log.Error("spool unavailable for this route: undeliverable events will be lost", "route", rt.cfg.Name, "error", err)
 		} else {
 			rt.spool = q
+			rt.spillAfter = time.Duration(r.spool.cfg.SpillAfter)
 		}
 	}
 	for {
@@ -234,6 +255,12 @@ func (r *Router) work(rt *route) {
 			return
 		}
 		rt.depth.Add(-1)
+		if rt.spool != nil && time.Since(ev.Received) > rt.spillAfter {
+			// The queue lags behind the backend: keep the events on disk
+			// and answer the proxy now instead of after its timeout.
+			ev.done(r.toSpool(rt, ev, nil))
+			continue
+		}
 		err := r.deliver(rt, ev)
 		if err != nil {
 			rt.failed.Inc()
@@ -344,10 +371,15 @@ func (r *Router) fail(rt *route, ev *Event, err error) error {
 		rt.spoolLog.Warn("backend failed; events go to the spool and are replayed in order when it recovers", "route", rt.cfg.Name, "event", ev.Name, "error", err)
 		return nil
 	}
+	return r.lose(rt, ev, err)
+}
+
+// lose reports an event that is gone.
+func (r *Router) lose(rt *route, ev *Event, err error) error {
 	if r.onFailure != nil {
 		return r.onFailure(rt.cfg.Name, ev, err)
 	}
-	r.log.Warn("event not delivered", "route", rt.cfg.Name, "event", ev.Name, "error", err)
+	rt.spoolLog.Warn("event not delivered", "route", rt.cfg.Name, "event", ev.Name, "error", err)
 	return err
 }
 
@@ -374,6 +406,18 @@ func (r *Router) Close(ctx context.Context) error {
 		}
 	})
 	return err
+}
+
+// Reopen reopens the files of every backend that keeps some open
+// (flatstore), for logrotate: SIGHUP calls it.
+func (r *Router) Reopen() error {
+	var errs []error
+	for _, rt := range r.routes {
+		if err := ReopenBackend(rt.b); err != nil {
+			errs = append(errs, fmt.Errorf("route %q: %w", rt.cfg.Name, err))
+		}
+	}
+	return errors.Join(errs...)
 }
 
 func (r *Router) closeBackends() error {

@@ -20,6 +20,10 @@ func FuzzNewBackend(f *testing.F) {
 		"rabbitmq:127.0.0.1/key",
 		"virtual:FAILOVER rabbitmq:a:b@h/k udp:127.0.0.1:1 flatstore:/tmp/x.log",
 		"virtual:ROUND-ROBIN http://u:pw@h/ tcp:h:1", "virtual:PARALLEL", "bogus:x", "",
+		// Redaction bugs the fuzzer found: the second member's password,
+		// an '@' in the routing key, an empty userinfo, a path with '@'.
+		"virtual:FAILOVER rabbitmq:a:pass1@h/k rabbitmq:c:pass2@h/k",
+		"rabbitmq:u:secret@h:5672/k@x", "virtual:ROUND-ROBIN http://@0", "flatstore:/var/log/a:b@c.log",
 	} {
 		f.Add(s)
 	}

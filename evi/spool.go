@@ -30,6 +30,10 @@ type SpoolConfig struct {
 	OnFull        string   `toml:"on_full"`        // drop_oldest | drop_newest; default drop_oldest
 	SegmentBytes  int64    `toml:"segment_bytes"`  // default 16 MiB
 	Retry         Duration `toml:"retry_interval"` // how often a failing head is retried; default 1s
+	// SpillAfter: an event that waited this long in its route's queue goes
+	// to the spool instead, so that a slow backend cannot make a proxy
+	// waiting for the outcome (event_stream reliable_mode) time out.
+	SpillAfter Duration `toml:"spill_after"` // default 250ms
 }
 
 const (
@@ -63,6 +67,9 @@ func (c SpoolConfig) WithDefaults() SpoolConfig {
 	if c.Retry == 0 {
 		c.Retry = Duration(time.Second)
 	}
+	if c.SpillAfter == 0 {
+		c.SpillAfter = Duration(250 * time.Millisecond)
+	}
 	return c
 }
 
@@ -82,8 +89,8 @@ func (c SpoolConfig) Validate() error {
 	if c.Dir != "" && !filepath.IsAbs(c.Dir) {
 		return fmt.Errorf("dir = %q: want an absolute path, e.g. /var/lib/sipside/spool", c.Dir)
 	}
-	if c.MaxBytes < 0 || c.SegmentBytes < 0 || c.MaxAge < 0 || c.FsyncInterval < 0 || c.Retry < 0 {
-		return errors.New("max_bytes, segment_bytes, max_age, fsync_interval and retry_interval must not be negative")
+	if c.MaxBytes < 0 || c.SegmentBytes < 0 || c.MaxAge < 0 || c.FsyncInterval < 0 || c.Retry < 0 || c.SpillAfter < 0 {
+		return errors.New("max_bytes, segment_bytes, max_age, fsync_interval, retry_interval and spill_after must not be negative")
 	}
 	if c.SegmentBytes > c.MaxBytes {
 		return fmt.Errorf("segment_bytes (%d) is larger than max_bytes (%d)", c.SegmentBytes, c.MaxBytes)

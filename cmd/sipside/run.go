@@ -183,6 +183,10 @@ func (d *daemon) reloadOnHUP(ctx context.Context, pipe *evi.Pipeline, cur *Confi
 			return
 		case <-hup:
 		}
+		// Files first: logrotate sends SIGHUP whether or not the config changed.
+		if err := pipe.Reopen(); err != nil {
+			d.log.Error("reopening files on SIGHUP", "error", err)
+		}
 		next, err := loadConfigFile(d.flags.config)
 		if err != nil {
 			d.log.Error("config reload refused; the running config stays", "error", err)

@@ -315,3 +315,29 @@ check_interval = "200ms"
 		}
 	}
 }
+
+// logrotate: the file is moved away, SIGHUP, and the next event lands in a
+// new file at the configured path.
+func TestRunReopensFilesOnHUP(t *testing.T) {
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "events.log")
+	udpPort := testenv.FreePort(t, "udp", "127.0.0.1")
+	cfgPath := filepath.Join(dir, "sipside.toml")
+	os.WriteFile(cfgPath, []byte(fmt.Sprintf("[http]\nlisten = \"off\"\n[[input]]\nlisten = \"udp:127.0.0.1:%d\"\n[[route]]\nto = \"flatstore:%s\"\n", udpPort, logPath)), 0o644)
+	d := startDaemon(t, "-c", cfgPath)
+	d.waitLog(t, "input listening")
+	conn, _ := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", udpPort))
+	defer conn.Close()
+	conn.Write([]byte(`{"jsonrpc":"2.0","method":"E_MY_EVENT","params":{"k":"v w","n":1}}`))
+	checkFor(t, 5*time.Second, "first line", func() bool { b, _ := os.ReadFile(logPath); return string(b) == "E_MY_EVENT,v w,1\n" })
+	if err := os.Rename(logPath, logPath+".1"); err != nil {
+		t.Fatal(err)
+	}
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	d.waitLog(t, "config reloaded")
+	conn.Write([]byte(`{"jsonrpc":"2.0","method":"E_MY_EVENT","params":["a","b"]}`))
+	checkFor(t, 5*time.Second, "a line in the new file", func() bool { b, _ := os.ReadFile(logPath); return string(b) == "E_MY_EVENT,a,b\n" })
+	if b, _ := os.ReadFile(logPath + ".1"); string(b) != "E_MY_EVENT,v w,1\n" {
+		t.Errorf("rotated file = %q", b)
+	}
+}
