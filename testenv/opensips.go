@@ -42,6 +42,9 @@ type OpenSIPSConfig struct {
 	// which Raise reports (protocol/opensips/captures/stream-02-reliable-mode.txt).
 	StreamReliable bool
 	StreamTimeout  time.Duration
+	// FailoverTimeout is event_virtual's failover_timeout: how long FAILOVER skips a
+	// member that failed (default 30s, the module's; the lab used 5s).
+	FailoverTimeout time.Duration
 	// ArrayParamsBug reproduces OpenSIPS 3.6.8's MI raise_event bug: array params that
 	// follow a named raise_event come out as an object with empty keys
 	// (protocol/opensips/captures/bug-raise-event-array-becomes-object.txt). Emulator only.
@@ -64,8 +67,8 @@ type OpenSIPSSubscription struct {
 //
 // The emulator knows the commands version, uptime, which, ps, pwd, events_list,
 // event_subscribe, subscribers_list, raise_event and get_statistics; the shapes of ps,
-// pwd and which [command] are plausible, not recorded. It delivers virtual:PARALLEL
-// but not FAILOVER or ROUND-ROBIN, and no flatstore/xmlrpc events.
+// pwd and which [command] are plausible, not recorded. It delivers no flatstore or
+// xmlrpc events.
 type OpenSIPSServer struct {
 	Real     bool   // a real OpenSIPS process, not the emulator
 	MIUDP    string // mi_datagram host:port ("" with UnixMI)
@@ -208,6 +211,10 @@ type osipsSub struct {
 	method string // tcp /method
 	expire int
 	since  int64 // unix seconds
+
+	// event_virtual state, under osipsEmu.mu
+	rr          int                  // ROUND-ROBIN: the member whose turn it is
+	failedUntil map[string]time.Time // FAILOVER: members skipped until then
 }
 
 type osipsEmu struct {
@@ -1207,19 +1214,68 @@ func (e *osipsEmu) deliver(s *osipsSub, name string, params []byte) error {
 		}
 		return e.stream(net.JoinHostPort(s.host, strconv.Itoa(s.port)), eventPayload(method, params))
 	case "virtual":
-		f := strings.Fields(s.rest)
-		if f[0] != "PARALLEL" {
-			return fmt.Errorf("virtual %s delivery is not emulated (only PARALLEL)", f[0])
-		}
-		var errs []error
-		for _, m := range f[1:] {
-			if ms, ok := parseSocket(m); ok {
-				errs = append(errs, e.deliver(ms, name, params))
-			}
-		}
-		return errors.Join(errs...)
+		return e.deliverVirtual(s, name, params)
 	}
 	return fmt.Errorf("%s delivery is not emulated", s.proto)
+}
+
+// deliverVirtual applies event_virtual's policies as 3.6.8 does: PARALLEL sends to
+// every member; ROUND-ROBIN strictly alternates and loses a dead member's turns;
+// FAILOVER takes the first member that accepts, skips a failed one for
+// FailoverTimeout, and drops the event when every member is failed or skipped. A UDP
+// member fails only when the send itself does.
+func (e *osipsEmu) deliverVirtual(s *osipsSub, name string, params []byte) error {
+	f := strings.Fields(s.rest)
+	policy, members := f[0], f[1:]
+	if len(members) == 0 {
+		return fmt.Errorf("virtual:%s has no members", policy)
+	}
+	member := func(m string) error {
+		ms, ok := parseSocket(m)
+		if !ok {
+			return fmt.Errorf("bad member %q", m)
+		}
+		return e.deliver(ms, name, params)
+	}
+	switch policy {
+	case "ROUND-ROBIN":
+		e.mu.Lock()
+		m := members[s.rr%len(members)]
+		s.rr++
+		e.mu.Unlock()
+		return member(m)
+	case "FAILOVER":
+		timeout := e.cfg.FailoverTimeout
+		if timeout <= 0 {
+			timeout = 30 * time.Second
+		}
+		var errs []error
+		for _, m := range members {
+			e.mu.Lock()
+			skip := time.Now().Before(s.failedUntil[m])
+			e.mu.Unlock()
+			if skip {
+				continue
+			}
+			err := member(m)
+			if err == nil {
+				return nil
+			}
+			errs = append(errs, err)
+			e.mu.Lock()
+			if s.failedUntil == nil {
+				s.failedUntil = make(map[string]time.Time)
+			}
+			s.failedUntil[m] = time.Now().Add(timeout)
+			e.mu.Unlock()
+		}
+		return fmt.Errorf("FAILOVER: no member took the event, dropped: %w", errors.Join(errs...))
+	}
+	var errs []error
+	for _, m := range members {
+		errs = append(errs, member(m))
+	}
+	return errors.Join(errs...)
 }
 
 // osipsStream is event_stream's one persistent connection to a destination.
@@ -1385,6 +1441,7 @@ loadmodule "event_stream.so"
 modparam("event_stream", "reliable_mode", {{RELIABLE}})
 modparam("event_stream", "timeout", {{STREAM_TIMEOUT}})
 loadmodule "event_virtual.so"
+modparam("event_virtual", "failover_timeout", {{FAILOVER_TIMEOUT}})
 
 route {
 	sl_send_reply(404, "Not here");
@@ -1443,7 +1500,11 @@ func (o *OpenSIPSServer) startReal(bin string) error {
 	if streamTimeout <= 0 {
 		streamTimeout = time.Second
 	}
-	cfg := strings.NewReplacer("{{RELIABLE}}", reliable, "{{STREAM_TIMEOUT}}", strconv.Itoa(int(streamTimeout.Milliseconds())), "{{MPATH}}", mpath, "{{SIP_PORT}}", strconv.Itoa(sipPort), "{{MI_SOCKET}}", sock,
+	failover := o.cfg.FailoverTimeout
+	if failover <= 0 {
+		failover = 30 * time.Second
+	}
+	cfg := strings.NewReplacer("{{FAILOVER_TIMEOUT}}", strconv.Itoa(int(failover.Seconds())), "{{RELIABLE}}", reliable, "{{STREAM_TIMEOUT}}", strconv.Itoa(int(streamTimeout.Milliseconds())), "{{MPATH}}", mpath, "{{SIP_PORT}}", strconv.Itoa(sipPort), "{{MI_SOCKET}}", sock,
 		"{{FIFO}}", fifo, "{{HTTP}}", httpMods, "{{EVENTS}}", events.String()).Replace(osipsCfg)
 	if o.cfg.Tick {
 		cfg += "\ntimer_route[sipside_tick, 1] {\n\t$var(n) = $shv(tick) + 0;\n\t$shv(tick) = $var(n) + 1;\n\t$avp(name) = \"seq\";  $avp(val) = $shv(tick);\n\t$avp(name) = \"note\"; $avp(val) = \"tick\";\n\traise_event(\"E_LAB_TICK\", $avp(name), $avp(val));\n}\n"

@@ -611,3 +611,61 @@ func TestOpenSIPSReliableStream(t *testing.T) {
 		}
 	}
 }
+
+// TestOpenSIPSVirtualPolicies: ROUND-ROBIN alternates and loses a dead member's turns;
+// FAILOVER moves on from a dead tcp member and skips it for failover_timeout.
+func TestOpenSIPSVirtualPolicies(t *testing.T) {
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{FailoverTimeout: time.Hour, Events: []string{"E_RR", "E_FO"}})
+	if o.Real {
+		t.Skip("the emulator's event_virtual; a real one needs a restart per policy (3.6.8 segfaults freeing udp members)")
+	}
+	a, b := udpListener(t), udpListener(t)
+	dead := func() string { // a tcp port nobody listens on
+		l, err := net.Listen("tcp4", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		return l.Addr().String()
+	}()
+	mi, err := net.Dial("udp", o.MIUDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mi.Close()
+	for _, sub := range [][2]string{
+		{"E_RR", "virtual:ROUND-ROBIN udp:" + a.LocalAddr().String() + " tcp:" + dead + " udp:" + b.LocalAddr().String()},
+		{"E_FO", "virtual:FAILOVER tcp:" + dead + " udp:" + b.LocalAddr().String()},
+	} {
+		if _, err := mi.Write([]byte(`{"jsonrpc":"2.0","method":"event_subscribe","id":1,"params":["` + sub[0] + `","` + sub[1] + `"]}`)); err != nil {
+			t.Fatal(err)
+		}
+		if got := readDatagram(t, mi, 5*time.Second); string(got) != `{"jsonrpc":"2.0","result":"OK","id":1}` {
+			t.Fatalf("subscribe %s: %s", sub[1], got)
+		}
+	}
+	// round robin: a, dead (lost), b, a
+	for n := range 4 {
+		err := o.Raise("E_RR", fmt.Sprintf(`{"n":%d}`, n))
+		if (n == 1) != (err != nil) {
+			t.Errorf("E_RR %d: err = %v", n, err)
+		}
+	}
+	for _, w := range []struct {
+		c *net.UDPConn
+		n int
+	}{{a, 0}, {b, 2}, {a, 3}} {
+		if got, want := string(readDatagram(t, w.c, 5*time.Second)), fmt.Sprintf(`{"jsonrpc":"2.0","method":"E_RR","params":{"n":%d}}`, w.n); got != want {
+			t.Errorf("round robin: got %s, want %s", got, want)
+		}
+	}
+	// failover: the dead first member fails once, then is skipped; b gets every event
+	for n := range 3 {
+		if err := o.Raise("E_FO", fmt.Sprintf(`{"n":%d}`, n)); err != nil {
+			t.Errorf("E_FO %d: %v", n, err)
+		}
+		if got, want := string(readDatagram(t, b, 5*time.Second)), fmt.Sprintf(`{"jsonrpc":"2.0","method":"E_FO","params":{"n":%d}}`, n); got != want {
+			t.Errorf("failover: got %s, want %s", got, want)
+		}
+	}
+}
