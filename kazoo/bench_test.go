@@ -41,7 +41,7 @@ func BenchmarkQuery(b *testing.B) {
 					c := conns[i]
 					for j := range per {
 						t0 := time.Now()
-						c.send(b, fmt.Sprintf(`{"id":%d,"jsonrpc":"2.0","method":"amqp.query","params":{"exchange":"sipside_kazoo_test","routing_key":"bench.q","payload":{"q":"x"}}}`, j))
+						c.send(b, fmt.Sprintf(`{"id":%d,"jsonrpc":"2.0","method":"amqp.query","params":{"exchange":"sipside_kazoo_test","routing_key":"bench.q","payload":{"q":"x"},"timeout_ms":10000}}`, j))
 						resp := c.recv(b)
 						if !strings.Contains(resp, `"echo":"x"`) {
 							b.Errorf("reply %s", resp)
@@ -84,7 +84,7 @@ func BenchmarkQueryRaw(b *testing.B) {
 							b.Error(err)
 							return
 						}
-						c.Write([]byte(`{"id":347939454,"jsonrpc":"2.0","method":"amqp.query","params":{"exchange":"sipside_kazoo_test","routing_key":"bench.q","payload":{"q":"x"}}}`))
+						c.Write([]byte(`{"id":347939454,"jsonrpc":"2.0","method":"amqp.query","params":{"exchange":"sipside_kazoo_test","routing_key":"bench.q","payload":{"q":"x"},"timeout_ms":10000}}`))
 						readJSONValue(b, c)
 						c.Close()
 						lat[i] = append(lat[i], time.Since(t0))
@@ -204,4 +204,73 @@ func BenchmarkPublish(b *testing.B) {
 		wg.Wait()
 		b.ReportMetric(float64(callers*per)/time.Since(start).Seconds(), "msg/s")
 	})
+}
+
+// BenchmarkQueryBaseline is the floor for BenchmarkQuery: the same request and
+// responder, but a bare amqp091-go client (one channel, direct reply-to, no confirms,
+// no JSON-RPC hop). What sipside adds is the difference.
+func BenchmarkQueryBaseline(b *testing.B) {
+	u := brokerURL(b)
+	startResponder(b, u, "bench.q", &responder{})
+	conn, err := amqp.Dial(u)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	ch, _ := conn.Channel()
+	replies, err := ch.Consume(rabbitDirectReplyTo, "", true, false, false, false, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var mu sync.Mutex
+	waiters := map[string]chan struct{}{}
+	go func() {
+		for d := range replies {
+			mu.Lock()
+			w := waiters[d.CorrelationId]
+			delete(waiters, d.CorrelationId)
+			mu.Unlock()
+			if w != nil {
+				close(w)
+			}
+		}
+	}()
+	for _, callers := range []int{1, 16, 128} {
+		b.Run("amqp091/callers="+strconv.Itoa(callers), func(b *testing.B) {
+			lat := make([][]time.Duration, callers)
+			var wg sync.WaitGroup
+			per := b.N/callers + 1
+			b.ResetTimer()
+			start := time.Now()
+			for i := range callers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for range per {
+						t0 := time.Now()
+						id := newUUID()
+						w := make(chan struct{})
+						mu.Lock()
+						waiters[id] = w
+						mu.Unlock()
+						if err := ch.Publish(testExchange, "bench.q", false, false, amqp.Publishing{ReplyTo: rabbitDirectReplyTo, CorrelationId: id, Body: []byte(`{"q":"x"}`)}); err != nil {
+							b.Error(err)
+							return
+						}
+						select {
+						case <-w:
+						case <-time.After(10 * time.Second):
+							b.Error("no reply")
+							return
+						}
+						lat[i] = append(lat[i], time.Since(t0))
+					}
+				}()
+			}
+			wg.Wait()
+			elapsed := time.Since(start)
+			b.StopTimer()
+			reportLatency(b, lat, elapsed)
+		})
+	}
 }

@@ -223,34 +223,63 @@ func (b *Bridge) Query(ctx context.Context, r QueryRequest) ([]byte, error) {
 	defer q.unregister(id)
 	q.inflight.Add(1)
 	defer q.inflight.Add(-1)
-	lost, err := b.pub.PublishWatch(ctx, r.Exchange, r.RoutingKey, msg)
-	if err != nil {
-		return nil, err
+	// The confirm is awaited beside the reply, not before it: a reply proves the
+	// request was routed, and the broker may send the confirm after the reply.
+	type published struct {
+		lost <-chan struct{}
+		err  error
 	}
-	if b.cfg.AMQP.Kazoo {
-		// The targeted reply queue is declared again, same name, on the next
-		// connection: a reply may still arrive there.
-		lost = nil
-	}
-	select {
-	case reply := <-ch:
-		q.latency.Since(start)
-		return reply, nil
-	case <-lost:
-		// A reply that raced with the loss is still taken.
+	pubc := make(chan published, 1)
+	go func() {
+		// Its own deadline: the query returning on a reply must not turn the
+		// confirm still on its way into a counted publish timeout.
+		pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+		defer pcancel()
+		lost, err := b.pub.PublishWatch(pctx, r.Exchange, r.RoutingKey, msg)
+		pubc <- published{lost, err}
+	}()
+	var lost <-chan struct{}
+	for {
 		select {
 		case reply := <-ch:
 			q.latency.Since(start)
 			return reply, nil
-		default:
+		case p := <-pubc:
+			pubc = nil
+			if p.err != nil {
+				select {
+				case reply := <-ch:
+					q.latency.Since(start)
+					return reply, nil
+				default:
+				}
+				return nil, p.err
+			}
+			if !b.cfg.AMQP.Kazoo {
+				// In Kazoo mode the targeted reply queue is declared again, same
+				// name, on the next connection: a reply may still arrive there.
+				lost = p.lost
+			}
+			continue
+		case <-lost:
+			// A reply that raced with the loss is still taken.
+			select {
+			case reply := <-ch:
+				q.latency.Since(start)
+				return reply, nil
+			default:
+			}
+			q.lost.Inc()
+			return nil, ErrReplyLost
+		case <-ctx.Done():
+			q.timeouts.Inc()
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				if pubc != nil {
+					return nil, fmt.Errorf("%w (%v), and the request was not even confirmed by the broker: is sipside connected?", ErrQueryTimeout, timeout)
+				}
+				return nil, fmt.Errorf("%w (%v): is a responder consuming %q on %q?", ErrQueryTimeout, timeout, r.RoutingKey, r.Exchange)
+			}
+			return nil, ctx.Err()
 		}
-		q.lost.Inc()
-		return nil, ErrReplyLost
-	case <-ctx.Done():
-		q.timeouts.Inc()
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return nil, fmt.Errorf("%w (%v): is a responder consuming %q on %q?", ErrQueryTimeout, timeout, r.RoutingKey, r.Exchange)
-		}
-		return nil, ctx.Err()
 	}
 }
