@@ -343,6 +343,19 @@ func TestConsumerAckModes(t *testing.T) {
 	if field(t, resp, "error", "code") != strconv.Itoa(CodeUnknownID) {
 		t.Fatalf("second ack: %s", resp)
 	}
+	// amqp.nack without requeue drops the message for good.
+	before := len(recs["script"].got())
+	ch.Publish(testExchange, "ev.script.y", false, false, amqp.Publishing{Body: []byte(`{"m":"nack me"}`)})
+	var third Message
+	waitFor(t, 5*time.Second, "third script delivery", func() bool {
+		got := recs["script"].got()
+		third = got[len(got)-1]
+		return len(got) > before
+	})
+	resp = rawCall(t, b.Addrs()[ListenTCP], `{"id":4,"jsonrpc":"2.0","method":"amqp.nack","params":{"id":"`+third.AckID+`","requeue":false}}`)
+	if field(t, resp, "result") != `"nacked"` {
+		t.Fatalf("nack: %s", resp)
+	}
 	// Nothing left unacked on the broker.
 	waitFor(t, 5*time.Second, "queues drained", func() bool {
 		for _, mode := range []string{"delivered", "script"} {
