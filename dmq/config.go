@@ -100,8 +100,8 @@ func (c Config) Validate() error {
 	if err != nil {
 		errs = append(errs, fmt.Errorf("dmq.listen: %w", err))
 	} else {
-		if self.Transport != "" {
-			errs = append(errs, fmt.Errorf("dmq.listen %q: only UDP is supported; drop ;transport=", c.Listen))
+		if self.Transport != "" && self.Transport != "tcp" {
+			errs = append(errs, fmt.Errorf("dmq.listen %q: only UDP and TCP are supported; use ;transport=tcp or none", c.Listen))
 		}
 		if _, err := netip.ParseAddr(self.Host); err != nil {
 			errs = append(errs, fmt.Errorf("dmq.listen %q: use an IPv4 address, not a host name: Kamailio stores the string as the node identity", c.Listen))
@@ -115,8 +115,8 @@ func (c Config) Validate() error {
 		switch {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("dmq.seeds: %w", err))
-		case a.Transport != "":
-			errs = append(errs, fmt.Errorf("dmq.seeds %q: only UDP is supported; drop ;transport=", s))
+		case !a.speakable():
+			errs = append(errs, fmt.Errorf("dmq.seeds %q: only UDP and TCP are supported; use ;transport=tcp or none", s))
 		case a == self:
 			errs = append(errs, fmt.Errorf("dmq.seeds %q: is this node's own listen address; point it at another node", s))
 		default:

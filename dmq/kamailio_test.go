@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
@@ -46,7 +47,7 @@ func startBus(t *testing.T, args ...string) *bus {
 			Name:     name,
 			Addr:     "127.0.0." + strconv.Itoa(i+1),
 			Template: string(tmpl),
-			Vars:     map[string]any{"Notify": notify, "Ping": 5, "FrTimer": 4000, "UAS": uas},
+			Vars:     map[string]any{"Notify": notify, "Ping": 5, "FrTimer": 4000, "UAS": uas, "Transport": ""},
 			Args:     args,
 		})
 		cancel()
@@ -193,8 +194,31 @@ type goNode struct {
 	done   chan error
 }
 
+// nodePort returns a port free for UDP and TCP on 127.0.0.1, below the
+// ephemeral range so that no outgoing connection of another node (or of the
+// node itself) can be holding it by the time the node binds.
+func nodePort(t *testing.T) int {
+	t.Helper()
+	for range 100 {
+		p := 20000 + mrand.IntN(12000)
+		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(p))
+		if err != nil {
+			continue
+		}
+		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		u.Close()
+		if err != nil {
+			continue
+		}
+		l.Close()
+		return p
+	}
+	t.Fatal("no port free for udp and tcp in 20000-32000 on 127.0.0.1")
+	return 0
+}
+
 func testConfig(t *testing.T, seeds ...string) Config {
-	port := testenv.FreePort(t, "udp", "127.0.0.1")
+	port := nodePort(t)
 	return Config{
 		Listen:       "sip:127.0.0.1:" + strconv.Itoa(port),
 		Seeds:        seeds,

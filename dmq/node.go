@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/netip"
 	"os"
 	"strconv"
@@ -139,8 +140,16 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	runCtx, cancel := context.WithCancel(ctx)
+	// The transports outlive ctx by the leave: answers to it must still be read.
+	runCtx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
+	var ln *net.TCPListener
+	if n.self.Transport == "tcp" {
+		if ln, err = listenTCP(n.self); err != nil {
+			conn.Close()
+			return err
+		}
+	}
 	tr := &transport{
 		conn:    conn,
 		log:     n.log,
@@ -154,6 +163,9 @@ func (n *Node) Run(ctx context.Context) error {
 	n.tr, n.runCtx = tr, runCtx
 	n.mu.Unlock()
 
+	tr.tcp = &tcpTransport{t: tr, ln: ln, ctx: runCtx}
+	tcpDone := make(chan struct{})
+	go func() { tr.tcp.run(runCtx); close(tcpDone) }()
 	trDone := make(chan error, 1)
 	go func() { trDone <- tr.run(runCtx) }()
 	close(n.ready)
@@ -200,6 +212,7 @@ loop:
 	n.mu.Unlock()
 	n.sends.Wait()
 	conn.Close()
+	<-tcpDone
 	if trDone != nil {
 		if err := <-trDone; err != nil && runErr == nil {
 			runErr = err
@@ -243,8 +256,8 @@ func (n *Node) pingAll(join bool) {
 // notify sends this node's list to a and applies the answer as Kamailio's
 // notification response callback does.
 func (n *Node) notify(ctx context.Context, a NodeAddr, maxForwards int) {
-	if a.Transport != "" {
-		return // only UDP is spoken; such nodes stay as listed by others
+	if !a.speakable() {
+		return // tls and sctp are not spoken; such nodes stay as listed by others
 	}
 	statusAtSend, ok := n.list.startPing(a)
 	if !ok {
@@ -340,7 +353,7 @@ func (n *Node) leave(ctx context.Context) {
 	}
 	var wg sync.WaitGroup
 	for _, o := range n.list.Others(false) {
-		if o.Addr.Transport != "" {
+		if !o.Addr.speakable() {
 			continue
 		}
 		wg.Add(1)
@@ -371,7 +384,7 @@ func (n *Node) Send(ctx context.Context, a NodeAddr, channel, contentType string
 	if n.opts.Trace != nil {
 		n.opts.Trace(false, dst, req)
 	}
-	return tr.roundTrip(ctx, dst, req, boundedChannel(channel))
+	return tr.roundTripOn(ctx, dst, a.Transport == "tcp", req, boundedChannel(channel))
 }
 
 // Broadcast sends body on channel to every active node but self and waits for
@@ -380,7 +393,7 @@ func (n *Node) Send(ctx context.Context, a NodeAddr, channel, contentType string
 func (n *Node) Broadcast(ctx context.Context, channel, contentType string, body []byte) error {
 	var others []NodeInfo
 	for _, o := range n.list.Others(true) {
-		if o.Addr.Transport == "" { // only UDP is spoken
+		if o.Addr.speakable() {
 			others = append(others, o)
 		}
 	}
@@ -404,10 +417,20 @@ func (n *Node) Broadcast(ctx context.Context, channel, contentType string, body 
 }
 
 func (n *Node) newRequest(a NodeAddr, channel, contentType string, body []byte, maxForwards int) *Message {
+	// As Kamailio does, ;transport= goes on non-UDP URIs only.
 	target := URI{User: channel, Host: a.Host, Port: a.Port}
 	from := URI{User: channel, Host: n.self.Host, Port: n.self.Port}
 	if a.Transport != "" {
 		target.Params = []Param{{"transport", a.Transport}}
+	}
+	if n.self.Transport != "" {
+		from.Params = []Param{{"transport", n.self.Transport}}
+	}
+	via := "SIP/2.0/UDP " + hostPort(n.self.Host, n.self.Port)
+	if a.Transport == "tcp" {
+		// rport makes the answer come back on this connection rather than a
+		// new one to the listen port.
+		via = "SIP/2.0/TCP " + hostPort(n.self.Host, n.self.Port) + ";rport"
 	}
 	n.mu.Lock()
 	n.callSeq++
@@ -417,7 +440,7 @@ func (n *Node) newRequest(a NodeAddr, channel, contentType string, body []byte, 
 		Method:     MethodKDMQ,
 		RequestURI: target.String(),
 		Headers: []Header{
-			{"Via", "SIP/2.0/UDP " + hostPort(n.self.Host, n.self.Port) + ";branch=z9hG4bK" + randHex(16)},
+			{"Via", via + ";branch=z9hG4bK" + randHex(16)},
 			{"To", "<" + target.String() + ">"},
 			{"From", "<" + from.String() + ">;tag=" + randHex(16)},
 			{"CSeq", "10 KDMQ"},

@@ -80,3 +80,34 @@ func TestJoinUnanswered(t *testing.T) {
 		t.Fatalf("seed is %s, want pending", s)
 	}
 }
+
+// The same over TCP: framing by Content-Length, no retransmissions.
+func TestTwoNodesTCP(t *testing.T) {
+	c1 := testConfig(t)
+	c1.Listen += ";transport=tcp"
+	c2 := testConfig(t, c1.Listen)
+	c2.Listen += ";transport=tcp"
+	c1.Seeds = []string{c2.Listen}
+	n1 := startNode(t, c1)
+	n2 := startNode(t, c2)
+	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		if s := n1.status(c2.Listen); s != "active" {
+			return errorf("n1 sees n2 %s", s)
+		}
+		if s := n2.status(c1.Listen); s != "active" {
+			return errorf("n2 sees n1 %s", s)
+		}
+		return nil
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := n2.HTable().SetInt(ctx, "t", "k", 5, 0); err != nil {
+		t.Fatal(err)
+	}
+	if c, ok := n1.HTable().Get("t", "k"); !ok || c.Int != 5 {
+		t.Fatalf("n1 has %+v, %v", c, ok)
+	}
+	if got := n1.metrics.retransmissions.With(ChannelNotification).Value(); got != 0 {
+		t.Errorf("%d retransmissions over TCP", got)
+	}
+}

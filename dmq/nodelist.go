@@ -99,6 +99,9 @@ func addrFromURI(u URI) (NodeAddr, error) {
 	return a, nil
 }
 
+// speakable reports whether this node can talk to a: UDP or TCP.
+func (a NodeAddr) speakable() bool { return a.Transport == "" || a.Transport == "tcp" }
+
 // udpAddr resolves the address to send to. Port 0 means 5060, the SIP default.
 func (a NodeAddr) udpAddr() (netip.AddrPort, error) {
 	port := a.Port

@@ -70,6 +70,12 @@ func (c *clientTxs) deliver(resp *Message) bool {
 // roundTrip runs one non-INVITE client transaction: send, retransmit at T1
 // doubling up to T2 (at T2 once a provisional came), give up at Timeout.
 func (t *transport) roundTrip(ctx context.Context, dst netip.AddrPort, req *Message, channel string) (*Message, error) {
+	return t.roundTripOn(ctx, dst, false, req, channel)
+}
+
+// roundTripOn is roundTrip over UDP or, when stream is set, over TCP: then
+// nothing is retransmitted and only Timer F applies.
+func (t *transport) roundTripOn(ctx context.Context, dst netip.AddrPort, stream bool, req *Message, channel string) (*Message, error) {
 	branch := req.Branch()
 	if branch == "" {
 		return nil, fmt.Errorf("request to %s has no Via branch", dst)
@@ -77,12 +83,25 @@ func (t *transport) roundTrip(ctx context.Context, dst netip.AddrPort, req *Mess
 	ch := t.clients.register(branch)
 	defer t.clients.unregister(branch)
 	raw := req.Bytes()
-	if err := t.send(dst, raw, channel, true); err != nil {
+	var err error
+	if stream {
+		if t.tcp == nil {
+			return nil, fmt.Errorf("KDMQ %s to %s: tcp is not enabled on this node (listen with ;transport=tcp)", channel, dst)
+		}
+		t.metrics.messages.With("out", channel, "request").Inc()
+		err = t.tcp.send(ctx, dst, raw)
+	} else {
+		err = t.send(dst, raw, channel, true)
+	}
+	if err != nil {
 		return nil, err
 	}
 	interval := t.timers.T1
 	retrans := time.NewTimer(interval)
 	defer retrans.Stop()
+	if stream {
+		retrans.Stop() // reliable transport: no Timer E
+	}
 	timeout := time.NewTimer(t.timers.Timeout)
 	defer timeout.Stop()
 	proceeding := false

@@ -40,6 +40,8 @@ type transport struct {
 	handle  handlerFunc
 	trace   func(in bool, peer netip.AddrPort, m *Message)
 
+	tcp *tcpTransport // nil: UDP only
+
 	clients clientTxs
 	servers serverTxs
 	queue   chan inbound

@@ -51,7 +51,7 @@ func TestDMQAgainstKamailio(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	k, err := testenv.StartKamailio(ctx, testenv.KamailioConfig{
 		Name: "dmqcli", Addr: "127.0.0.2", Template: string(tmpl),
-		Vars: map[string]any{"Notify": "", "Ping": 5, "FrTimer": 4000, "UAS": ""},
+		Vars: map[string]any{"Notify": "", "Ping": 5, "FrTimer": 4000, "UAS": "", "Transport": ""},
 	})
 	cancel()
 	if errors.Is(err, testenv.ErrNotInstalled) {
