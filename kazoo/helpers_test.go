@@ -91,6 +91,7 @@ func startBridge(t testing.TB, u string, edit func(*Config), opts Options) (*Bri
 // twice (the second matches no waiter any more).
 type responder struct {
 	kazoo, twice bool
+	delay        time.Duration // before each reply
 	requests     sync.Map // body "q" → count
 }
 
@@ -136,9 +137,17 @@ func startResponder(t testing.TB, u, key string, r *responder) {
 			if r.twice {
 				n = 2
 			}
-			for range n {
-				ch.Publish(exchange, rk, false, false, amqp.Publishing{CorrelationId: d.CorrelationId, ContentType: "application/json", Body: body})
+			reply := func() {
+				for range n {
+					ch.Publish(exchange, rk, false, false, amqp.Publishing{CorrelationId: d.CorrelationId, ContentType: "application/json", Body: body})
+				}
 			}
+			if r.delay > 0 {
+				// Concurrent, so that the delay is latency, not a throughput cap.
+				go func() { time.Sleep(r.delay); reply() }()
+				continue
+			}
+			reply()
 		}
 	}()
 }
