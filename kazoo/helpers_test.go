@@ -92,7 +92,6 @@ func startBridge(t testing.TB, u string, edit func(*Config), opts Options) (*Bri
 type responder struct {
 	kazoo, twice bool
 	delay        time.Duration // before each reply
-	requests     sync.Map      // body "q" → count
 }
 
 func startResponder(t testing.TB, u, key string, r *responder) {
