@@ -697,3 +697,65 @@ func register(t *testing.T, k *testenv.Kamailio, user string, expires int) {
 		t.Fatalf("REGISTER %s: %q, %v", user, buf[:n], err)
 	}
 }
+
+// TestKamailioTCP joins a Kamailio node whose DMQ address is TCP.
+func TestKamailioTCP(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Kamailio")
+	}
+	tmpl, err := os.ReadFile("testdata/kamailio-dmq.cfg.tmpl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	k, err := testenv.StartKamailio(ctx, testenv.KamailioConfig{
+		Name: "T", Addr: "127.0.0.2", Template: string(tmpl),
+		Vars: map[string]any{"Notify": "", "Ping": 5, "FrTimer": 4000, "UAS": "", "Transport": ";transport=tcp"},
+	})
+	cancel()
+	if errors.Is(err, testenv.ErrNotInstalled) {
+		testenv.Missing(t, "kamailio with the dmq modules", "apt-get install -y kamailio kamailio-extra-modules")
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k.Close() })
+	seed := "sip:" + k.SIPAddr() + ";transport=tcp"
+	cfg := testConfig(t, seed)
+	cfg.Listen += ";transport=tcp"
+	g := startNode(t, cfg)
+	self := strings.TrimSuffix(cfg.Listen, ";transport=tcp")
+	checkFor(t, 15*time.Second, 100*time.Millisecond, func() error {
+		if s := g.status(seed); s != "active" {
+			return errorf("sipside sees the Kamailio node %s", s)
+		}
+		nodes, err := listNodes(k)
+		if err != nil {
+			return err
+		}
+		if nodes[self] != "active" {
+			return errorf("Kamailio lists %v, want %s active", nodes, self)
+		}
+		return nil
+	})
+	if _, err := rpc(k, "htable.sets", "repl", "over_tcp", "from kamailio"); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
+		if c, ok := g.HTable().Get("repl", "over_tcp"); !ok || c.Str != "from kamailio" {
+			return errorf("over_tcp = %+v, %v", c, ok)
+		}
+		return nil
+	})
+	sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer scancel()
+	if err := g.HTable().Set(sctx, "repl", "back_over_tcp", "from sipside", 0); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := htGet(k, "repl", "back_over_tcp"); err != nil || v != "from sipside" {
+		t.Fatalf("back_over_tcp on Kamailio = %q, %v", v, err)
+	}
+	if got := g.metrics.retransmissions.With(ChannelHTable).Value(); got != 0 {
+		t.Errorf("%d htable retransmissions over TCP", got)
+	}
+}
