@@ -341,6 +341,27 @@ func (b *rabbitmqBackend) Deliver(ctx context.Context, ev *Event) error {
 	return nil
 }
 
+// Send is Deliver with the confirm awaited later: the router keeps a window
+// of events in flight on the channel, in order, instead of one round trip
+// to the broker per event.
+func (b *rabbitmqBackend) Send(ctx context.Context, ev *Event) (wait func() error) {
+	pub, err := b.start(ctx)
+	if err == nil {
+		err = b.connected(ctx)
+	}
+	if err != nil {
+		return func() error { return err }
+	}
+	msg := amqp.Publishing{DeliveryMode: amqp.Persistent, Body: eventNotification(ev)}
+	confirm := pub.Send(ctx, b.exchange, b.key, msg)
+	return func() error {
+		if err := confirm(); err != nil {
+			return fmt.Errorf("rabbitmq %s: %w", b.shown, err)
+		}
+		return nil
+	}
+}
+
 // connected fails at once while the broker connection is down, so that a
 // dead broker costs the pipeline nothing but this error. Only the very first
 // delivery waits (up to ctx) for the first connection to come up.

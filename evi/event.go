@@ -74,6 +74,14 @@ func (ev *Event) done(err error) {
 	}
 }
 
+// Pipeliner is a backend that can keep many deliveries in flight and still
+// tell each one's outcome: Send hands ev over in call order and returns a
+// function that waits, within ctx, for its outcome. The router uses it to
+// keep a window of events in flight per route.
+type Pipeliner interface {
+	Send(ctx context.Context, ev *Event) (wait func() error)
+}
+
 // Backend delivers events to one destination and tells whether it worked.
 // Deliver must honour ctx's deadline: a dead destination may slow its own
 // delivery, never the whole pipeline.

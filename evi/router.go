@@ -21,6 +21,10 @@ type RouteConfig struct {
 	Queue           int      `toml:"queue"`            // events waiting for delivery; default 10000
 	Timeout         Duration `toml:"timeout"`          // per delivery attempt; default 5s
 	FailoverTimeout Duration `toml:"failover_timeout"` // FAILOVER's skip window; default 30s
+	// Window is how many events may wait for their outcome at once on a
+	// backend that can pipeline (rabbitmq: publisher confirms); 1 delivers
+	// one at a time. Default 128.
+	Window int `toml:"window"`
 }
 
 const (
@@ -44,6 +48,9 @@ func (rc *RouteConfig) setDefaults(i int) {
 	if rc.FailoverTimeout == 0 {
 		rc.FailoverTimeout = Duration(DefaultFailoverTimeout)
 	}
+	if rc.Window == 0 {
+		rc.Window = 128
+	}
 }
 
 func (rc *RouteConfig) validate() error {
@@ -57,6 +64,9 @@ func (rc *RouteConfig) validate() error {
 	}
 	if rc.Queue < 0 {
 		return fmt.Errorf("queue = %d: want a positive number of events", rc.Queue)
+	}
+	if rc.Window < 0 {
+		return fmt.Errorf("window = %d: want 1 or more events", rc.Window)
 	}
 	if rc.Timeout < 0 || rc.FailoverTimeout < 0 {
 		return errors.New("timeout and failover_timeout must not be negative")
@@ -243,6 +253,10 @@ func (r *Router) work(rt *route) {
 			rt.spillAfter = time.Duration(r.spool.cfg.SpillAfter)
 		}
 	}
+	if p, ok := rt.b.(Pipeliner); ok && rt.cfg.Window > 1 {
+		r.workPipelined(rt, p)
+		return
+	}
 	for {
 		if rt.spool != nil && rt.spool.Len() > 0 {
 			if closed := r.replay(rt); closed {
@@ -261,15 +275,83 @@ func (r *Router) work(rt *route) {
 			ev.done(r.toSpool(rt, ev, nil))
 			continue
 		}
-		err := r.deliver(rt, ev)
-		if err != nil {
-			rt.failed.Inc()
-			err = r.fail(rt, ev, err)
-		}
-		ev.done(err)
+		r.outcome(rt, ev, r.deliver(rt, ev))
 		if len(rt.queue) == 0 {
 			r.flush(rt)
 		}
+	}
+}
+
+// outcome settles one delivery attempt: an error goes to the spool (or is
+// lost), and the input learns the result.
+func (r *Router) outcome(rt *route, ev *Event, err error) {
+	if err != nil {
+		rt.failed.Inc()
+		err = r.fail(rt, ev, err)
+	}
+	ev.done(err)
+}
+
+// inflight is one event handed to a Pipeliner, waiting for its outcome;
+// spill marks an event to be spooled in its turn, barrier a point the
+// worker waits for.
+type inflight struct {
+	ev      *Event
+	wait    func() error
+	cancel  context.CancelFunc
+	spill   bool
+	barrier chan struct{}
+}
+
+// workPipelined keeps up to Window events in flight on a Pipeliner. The
+// worker sends in queue order; one completer settles the outcomes in the
+// same order, so it alone writes the spool while the worker is not
+// replaying. Events sent after one that fails may already be delivered
+// when the failed one is replayed: within one window, a failure can reorder.
+func (r *Router) workPipelined(rt *route, p Pipeliner) {
+	fl := make(chan inflight, rt.cfg.Window-1)
+	completed := make(chan struct{})
+	go func() {
+		defer close(completed)
+		for it := range fl {
+			switch {
+			case it.barrier != nil:
+				close(it.barrier)
+			case it.spill:
+				it.ev.done(r.toSpool(rt, it.ev, nil))
+			default:
+				err := it.wait()
+				it.cancel()
+				r.count(rt, it.ev, err)
+				r.outcome(rt, it.ev, err)
+			}
+		}
+	}()
+	defer func() {
+		close(fl)
+		<-completed
+	}()
+	for {
+		if rt.spool != nil && rt.spool.Len() > 0 {
+			b := make(chan struct{})
+			fl <- inflight{barrier: b}
+			<-b
+			if closed := r.replay(rt); closed {
+				return
+			}
+			continue
+		}
+		ev, ok := <-rt.queue
+		if !ok {
+			return
+		}
+		rt.depth.Add(-1)
+		if rt.spool != nil && time.Since(ev.Received) > rt.spillAfter {
+			fl <- inflight{ev: ev, spill: true}
+			continue
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rt.cfg.Timeout))
+		fl <- inflight{ev: ev, wait: p.Send(ctx, ev), cancel: cancel}
 	}
 }
 
@@ -278,6 +360,12 @@ func (r *Router) deliver(rt *route, ev *Event) error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rt.cfg.Timeout))
 	err := rt.b.Deliver(ctx, ev)
 	cancel()
+	r.count(rt, ev, err)
+	return err
+}
+
+// count records one attempt's latency and outcome.
+func (r *Router) count(rt *route, ev *Event, err error) {
 	rt.latency.Since(ev.Received)
 	if rt.ok != nil {
 		if err != nil {
@@ -286,7 +374,6 @@ func (r *Router) deliver(rt *route, ev *Event) error {
 			rt.ok.Inc()
 		}
 	}
-	return err
 }
 
 func (r *Router) flush(rt *route) {

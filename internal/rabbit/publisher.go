@@ -334,6 +334,23 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg amqp.
 	})
 }
 
+// Send is Publish in two halves, for callers that keep many messages in
+// flight and still need each one's outcome in order: the message is on the
+// channel, after every message sent before it, when Send returns, and the
+// returned function waits (within ctx) for the broker's confirm and says what
+// Publish would have said.
+func (p *Publisher) Send(ctx context.Context, exchange, key string, msg amqp.Publishing) (wait func() error) {
+	pc, err := p.current(ctx)
+	if err != nil {
+		return func() error { return p.record(func() error { return err }) }
+	}
+	confirm, err := p.sendOn(ctx, pc, exchange, key, msg)
+	if err != nil {
+		return func() error { return p.record(func() error { return err }) }
+	}
+	return func() error { return p.record(confirm) }
+}
+
 // record runs one publish and counts its outcome.
 func (p *Publisher) record(publish func() error) error {
 	start := time.Now()
@@ -386,14 +403,23 @@ func (p *Publisher) publish(ctx context.Context, exchange, key string, msg amqp.
 }
 
 func (p *Publisher) publishOn(ctx context.Context, pc *pubChannel, exchange, key string, msg amqp.Publishing) error {
-	err := p.checkExchange(ctx, pc.sess, exchange)
+	confirm, err := p.sendOn(ctx, pc, exchange, key, msg)
 	if err != nil {
 		return err
+	}
+	return confirm()
+}
+
+// sendOn puts the message on the channel and returns the wait for its confirm.
+func (p *Publisher) sendOn(ctx context.Context, pc *pubChannel, exchange, key string, msg amqp.Publishing) (confirm func() error, err error) {
+	err = p.checkExchange(ctx, pc.sess, exchange)
+	if err != nil {
+		return nil, err
 	}
 	select {
 	case <-pc.sess.unblocked():
 	case <-ctx.Done():
-		return fmt.Errorf("broker blocks publishing (resource alarm) and the deadline passed: %w", context.Cause(ctx))
+		return nil, fmt.Errorf("broker blocks publishing (resource alarm) and the deadline passed: %w", context.Cause(ctx))
 	}
 	pd := &pending{exchange: exchange, key: key, body: msg.Body}
 
@@ -402,7 +428,7 @@ func (p *Publisher) publishOn(ctx context.Context, pc *pubChannel, exchange, key
 	if pc.dead != nil {
 		pc.pmu.Unlock()
 		pc.send.Unlock()
-		return pc.dead
+		return nil, pc.dead
 	}
 	// Registered before the send, so a return that arrives at once finds it.
 	tag := pc.seq + 1
@@ -417,39 +443,41 @@ func (p *Publisher) publishOn(ctx context.Context, pc *pubChannel, exchange, key
 		pc.forget(tag)
 		if errors.Is(err, amqp.ErrClosed) {
 			// Nothing was sent: safe to say so plainly rather than "unconfirmed".
-			return fmt.Errorf("rabbit: publish on a closed channel, message not sent: %w", ErrNotConnected)
+			return nil, fmt.Errorf("rabbit: publish on a closed channel, message not sent: %w", ErrNotConnected)
 		}
 		// A write that failed half way may still have reached the broker.
-		return fmt.Errorf("%w: %w", ErrUnconfirmed, err)
+		return nil, fmt.Errorf("%w: %w", ErrUnconfirmed, err)
 	}
 	p.met.inflight.Add(1)
-	defer p.met.inflight.Add(-1)
-	select {
-	case <-dc.Done():
-	case <-ctx.Done():
-		pc.forget(tag)
-		return fmt.Errorf("rabbit: no confirm from the broker before the deadline: %w", context.Cause(ctx))
-	}
-	pc.pmu.Lock()
-	p.drainReturns(pc)
-	delete(pc.pending, tag)
-	dead := pc.dead
-	pc.pmu.Unlock()
-	switch {
-	case pd.returned != nil:
-		return fmt.Errorf("%w: exchange %q routing key %q: %d %s (bind a queue for this key or fix the key)",
-			ErrReturned, exchange, key, pd.returned.ReplyCode, pd.returned.ReplyText)
-	case dc.Acked():
-		return nil
-	case pc.ch.IsClosed():
-		// The library nacks every outstanding confirm when the channel closes.
-		if dead != nil {
-			return dead
+	return func() error {
+		defer p.met.inflight.Add(-1)
+		select {
+		case <-dc.Done():
+		case <-ctx.Done():
+			pc.forget(tag)
+			return fmt.Errorf("rabbit: no confirm from the broker before the deadline: %w", context.Cause(ctx))
 		}
-		return ErrUnconfirmed
-	default:
-		return fmt.Errorf("%w: exchange %q routing key %q (queue full with overflow=reject-publish, or broker error)", ErrNacked, exchange, key)
-	}
+		pc.pmu.Lock()
+		p.drainReturns(pc)
+		delete(pc.pending, tag)
+		dead := pc.dead
+		pc.pmu.Unlock()
+		switch {
+		case pd.returned != nil:
+			return fmt.Errorf("%w: exchange %q routing key %q: %d %s (bind a queue for this key or fix the key)",
+				ErrReturned, exchange, key, pd.returned.ReplyCode, pd.returned.ReplyText)
+		case dc.Acked():
+			return nil
+		case pc.ch.IsClosed():
+			// The library nacks every outstanding confirm when the channel closes.
+			if dead != nil {
+				return dead
+			}
+			return ErrUnconfirmed
+		default:
+			return fmt.Errorf("%w: exchange %q routing key %q (queue full with overflow=reject-publish, or broker error)", ErrNacked, exchange, key)
+		}
+	}, nil
 }
 
 func (pc *pubChannel) forget(tag uint64) {
