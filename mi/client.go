@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -146,9 +147,10 @@ func (c *Client) Call(ctx context.Context, method string, params any) (Result, e
 	id := c.nextID()
 	body, err := c.tr.roundTrip(ctx, id, method, p)
 	if err != nil {
-		if ctx.Err() != nil {
+		// A socket deadline (set from ctx's) can expire a moment before ctx reports it.
+		if ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded) || errors.Is(err, context.DeadlineExceeded) {
 			m.timeout.Inc()
-			return Result{}, c.noReply(ctx, start, err)
+			return Result{}, c.noReply(ctx, start)
 		}
 		m.transport.Inc()
 		return Result{}, fmt.Errorf("%s %s: %w", c.name, method, err)
@@ -182,7 +184,7 @@ func (c *Client) nextID() uint32 {
 	}
 }
 
-func (c *Client) noReply(ctx context.Context, start time.Time, err error) error {
+func (c *Client) noReply(ctx context.Context, start time.Time) error {
 	if errors.Is(ctx.Err(), context.Canceled) {
 		return fmt.Errorf("%s: call cancelled after %s: %w", c.name, time.Since(start).Round(time.Millisecond), ctx.Err())
 	}
@@ -196,7 +198,7 @@ func (c *Client) noReply(ctx context.Context, start time.Time, err error) error 
 	} else {
 		d = d.Round(100 * time.Millisecond)
 	}
-	return fmt.Errorf("no reply from %s within %s: %s: %w", c.name, d, c.hint(), err)
+	return fmt.Errorf("no reply from %s within %s: %s: %w", c.name, d, c.hint(), context.DeadlineExceeded)
 }
 
 // hint says what to check when a proxy does not answer.

@@ -128,9 +128,10 @@ func (f *fifo) roundTrip(ctx context.Context, id uint32, method string, params [
 				f.unblock(rfs)
 				return r.body, nil
 			}
-			if ctx.Err() != nil { // the reads end at the call's deadline
+			// the reads end at the call's deadline, a moment before ctx says so
+			if ctx.Err() != nil || errors.Is(r.err, os.ErrDeadlineExceeded) {
 				f.unblock(rfs)
-				return nil, ctx.Err()
+				return nil, context.DeadlineExceeded
 			}
 			if firstErr == nil {
 				firstErr = r.err
