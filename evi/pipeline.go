@@ -192,6 +192,9 @@ func (p *Pipeline) apply(cfg Config) error {
 	return nil
 }
 
+// Routes describes the current routes.
+func (p *Pipeline) Routes() []RouteStatus { return p.router.Load().Status() }
+
 // Reopen reopens the backends' files (logrotate).
 func (p *Pipeline) Reopen() error { return p.router.Load().Reopen() }
 

@@ -495,6 +495,35 @@ func (r *Router) Close(ctx context.Context) error {
 	return err
 }
 
+// RouteStatus is one route as the status page shows it.
+type RouteStatus struct {
+	Name        string   `json:"name"`
+	Events      []string `json:"events"`
+	To          string   `json:"to"` // redacted
+	Queued      int      `json:"queued"`
+	Spooled     int      `json:"spooled"`
+	Failed      uint64   `json:"undelivered"`
+	QueueFull   uint64   `json:"queue_full"`
+	SpoolActive bool     `json:"replaying"`
+}
+
+// Status describes every route.
+func (r *Router) Status() []RouteStatus {
+	out := make([]RouteStatus, 0, len(r.routes))
+	for _, rt := range r.routes {
+		st := RouteStatus{Name: rt.cfg.Name, Events: rt.cfg.Events, To: Redact(rt.cfg.To), Queued: len(rt.queue),
+			Failed: rt.failed.Value(), QueueFull: rt.full.Value()}
+		if r.spool != nil {
+			if q, err := r.spool.Route(rt.cfg.Name); err == nil {
+				st.Spooled = q.Len()
+				st.SpoolActive = st.Spooled > 0
+			}
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
 // Reopen reopens the files of every backend that keeps some open
 // (flatstore), for logrotate: SIGHUP calls it.
 func (r *Router) Reopen() error {

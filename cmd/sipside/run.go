@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"sort"
 	"syscall"
 	"time"
 
@@ -85,7 +84,7 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "sipside run: %v\n", err)
 		return exitUsage
 	}
-	d := &daemon{env: e, flags: f, log: log, level: level, reg: metrics.New()}
+	d := &daemon{env: e, flags: f, log: log, level: level, reg: metrics.New(), started: time.Now()}
 	if err := d.run(ctx, cfg); err != nil {
 		log.Error("sipside stopped", "error", err)
 		return exitFailure
@@ -125,6 +124,9 @@ type daemon struct {
 	reg   *metrics.Registry
 	subs  *subscriptions
 	pipe  *evi.Pipeline
+
+	started  time.Time
+	sections []func() statusSection // DMQ, AMQP: parts that report themselves
 }
 
 func (d *daemon) run(ctx context.Context, cfg *Config) error {
@@ -222,28 +224,10 @@ func (d *daemon) handler() http.Handler {
 		enc.SetIndent("", "  ")
 		enc.Encode(d.status())
 	})
+	mux.HandleFunc("GET /{$}", d.statusPage)
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")
 	})
 	return mux
-}
-
-// status is what /api/status serves and `sipside events status` prints.
-type status struct {
-	Version       string                  `json:"version"`
-	Inputs        []string                `json:"inputs"`
-	Subscriptions []evi.SubscriptionState `json:"subscriptions"`
-}
-
-func (d *daemon) status() status {
-	st := status{Version: version(), Subscriptions: d.subs.states()}
-	if d.pipe != nil {
-		st.Inputs = d.pipe.Inputs()
-		sort.Strings(st.Inputs)
-	}
-	if st.Subscriptions == nil {
-		st.Subscriptions = []evi.SubscriptionState{}
-	}
-	return st
 }

@@ -305,6 +305,15 @@ check_interval = "200ms"
 	if len(st.Subscriptions) != 1 || st.Subscriptions[0].State != "active" || st.Subscriptions[0].Socket != input || len(st.Inputs) != 1 {
 		t.Errorf("status = %+v", st)
 	}
+	page, err := httpGet("http://" + httpAddr + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"<h2 id=\"inputs\">Inputs</h2>", "<code>" + input + "</code>", "E_MY_EVENT", `class="ok">active`, "Routes and backends", "<code>stdout:</code>"} {
+		if !strings.Contains(page, want) {
+			t.Errorf("status page lacks %q", want)
+		}
+	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	if err := <-d.done; err != nil {
 		t.Errorf("exit: %v", err)
