@@ -37,8 +37,9 @@ Commands:
   dialog dump                   print the dialogs, one JSON line each
 
 --listen is this node's identity and UDP socket: an IP address the Kamailio
-nodes can reach, with an explicit port, e.g. sip:127.0.0.1:5090. --seed is a
-Kamailio node's server_address (repeat it for several). $SIPSIDE_DMQ_LISTEN and
+nodes can reach, with an explicit port, e.g. sip:127.0.0.1:5090 (add
+;transport=tcp to be a TCP node). --seed is a Kamailio node's server_address,
+written exactly as in its config (repeat it for several). $SIPSIDE_DMQ_LISTEN and
 $SIPSIDE_DMQ_SEEDS (comma-separated) are the defaults.
 
 Exit status: 0 success, 1 the operation failed (a node refused it, a cell does
