@@ -394,13 +394,31 @@ func (p *Publisher) PublishWatch(ctx context.Context, exchange, key string, msg 
 	return pc.done, err
 }
 
+// publish retries, on the next channel, a message that never left because its channel
+// died first: that is the one retry that cannot duplicate a message.
 func (p *Publisher) publish(ctx context.Context, exchange, key string, msg amqp.Publishing) (*pubChannel, error) {
-	pc, err := p.current(ctx)
-	if err != nil {
-		return nil, err
+	for {
+		pc, err := p.current(ctx)
+		if err != nil {
+			return nil, err
+		}
+		err = p.publishOn(ctx, pc, exchange, key, msg)
+		var ns notSent
+		if !errors.As(err, &ns) {
+			return pc, err
+		}
+		select {
+		case <-pc.done:
+		case <-ctx.Done():
+			return pc, err
+		}
 	}
-	return pc, p.publishOn(ctx, pc, exchange, key, msg)
 }
+
+// notSent marks a publish that never reached the socket.
+type notSent struct{ error }
+
+func (e notSent) Unwrap() error { return e.error }
 
 func (p *Publisher) publishOn(ctx context.Context, pc *pubChannel, exchange, key string, msg amqp.Publishing) error {
 	confirm, err := p.sendOn(ctx, pc, exchange, key, msg)
@@ -428,7 +446,7 @@ func (p *Publisher) sendOn(ctx context.Context, pc *pubChannel, exchange, key st
 	if pc.dead != nil {
 		pc.pmu.Unlock()
 		pc.send.Unlock()
-		return nil, pc.dead
+		return nil, notSent{fmt.Errorf("rabbit: channel closed before the message was sent: %w", ErrNotConnected)}
 	}
 	// Registered before the send, so a return that arrives at once finds it.
 	tag := pc.seq + 1
@@ -443,7 +461,7 @@ func (p *Publisher) sendOn(ctx context.Context, pc *pubChannel, exchange, key st
 		pc.forget(tag)
 		if errors.Is(err, amqp.ErrClosed) {
 			// Nothing was sent: safe to say so plainly rather than "unconfirmed".
-			return nil, fmt.Errorf("rabbit: publish on a closed channel, message not sent: %w", ErrNotConnected)
+			return nil, notSent{fmt.Errorf("rabbit: publish on a closed channel, message not sent: %w", ErrNotConnected)}
 		}
 		// A write that failed half way may still have reached the broker.
 		return nil, fmt.Errorf("%w: %w", ErrUnconfirmed, err)
