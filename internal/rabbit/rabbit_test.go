@@ -356,3 +356,46 @@ func TestFailoverTwoNodes(t *testing.T) {
 		t.Fatalf("lost confirmed messages: confirmed %d, found %d", confirmed.Load(), onA+onB)
 	}
 }
+
+// A broker under a resource alarm blocks publishers: Publish honours its deadline and
+// says why, and publishing resumes when the alarm clears.
+func TestBlockedBroker(t *testing.T) {
+	r := testenv.SharedRabbitMQ(t)
+	reg := metrics.New()
+	m := startManager(t, Config{URLs: []string{r.URL}, Name: "t-blocked", Metrics: reg})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	p, err := m.NewPublisher(ctx, PublisherOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, _ := declareQueue(t, r.URL, nil)
+	if err := p.Publish(ctx, "", q, amqp.Publishing{Body: []byte("before")}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := r.Ctl(ctx, "set_vm_memory_high_watermark", "0.00001"); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	restore := func() { r.Ctl(context.Background(), "set_vm_memory_high_watermark", "0.9") }
+	t.Cleanup(restore)
+	blocked := reg.Gauge("sipside_amqp_blocked", "", "name").With("t-blocked")
+	// The broker blocks a connection when it next publishes.
+	waitFor(t, 20*time.Second, "connection.blocked", func() bool {
+		pctx, pcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer pcancel()
+		p.Publish(pctx, "", q, amqp.Publishing{Body: []byte("during")})
+		return blocked.Value() == 1
+	})
+	pctx, pcancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	start := time.Now()
+	err = p.Publish(pctx, "", q, amqp.Publishing{Body: []byte("blocked")})
+	pcancel()
+	if err == nil || !strings.Contains(err.Error(), "resource alarm") || time.Since(start) > 2*time.Second {
+		t.Fatalf("Publish while blocked = %v after %v", err, time.Since(start))
+	}
+	restore()
+	waitFor(t, 20*time.Second, "unblocked", func() bool { return blocked.Value() == 0 })
+	if err := p.Publish(ctx, "", q, amqp.Publishing{Body: []byte("after")}); err != nil {
+		t.Fatalf("Publish after the alarm: %v", err)
+	}
+}
