@@ -92,6 +92,10 @@ func cmdAMQP(ctx context.Context, e *env, args []string) int {
 		return exitUsage
 	}
 	if verb == "consume" {
+		if f.exchange == "" {
+			fmt.Fprintln(e.stderr, "sipside amqp consume: --exchange is required (the exchange to bind a temporary queue to)")
+			return exitUsage
+		}
 		return amqpConsume(ctx, e, f)
 	}
 	body, err := amqpPayload(e, f.payload)

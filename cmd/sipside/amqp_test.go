@@ -25,6 +25,7 @@ func TestAMQPUsage(t *testing.T) {
 		{"unknown verb", []string{"send"}, exitUsage, `unknown action "send"`},
 		{"no key", []string{"publish", "--payload", "{}"}, exitUsage, "--routing-key is required"},
 		{"no payload", []string{"query", "--routing-key", "k"}, exitUsage, "--payload is required"},
+		{"consume without exchange", []string{"consume"}, exitUsage, "--exchange is required"},
 		{"stray arg", []string{"publish", "--routing-key", "k", "x"}, exitUsage, `unexpected argument "x"`},
 		{"bad broker", []string{"publish", "--broker", "http://x/", "--routing-key", "k", "--payload", "{}"}, exitUsage, "AMQP scheme must be"},
 	} {
