@@ -148,6 +148,19 @@ func TestFigureHTableStorm(t *testing.T) {
 	if stormCells != total {
 		t.Errorf("mirror holds %d storm cells, want %d", stormCells, total)
 	}
+
+	// A late joiner gets the whole table by sync: chunks of about 60 000
+	// bytes in single UDP datagrams, from every node.
+	joinStart := time.Now()
+	late := startNode(t, testConfig(t, "sip:"+b.nodes[1].SIPAddr()))
+	checkFor(t, 30*time.Second, 20*time.Millisecond, func() error {
+		if n := late.HTable().Len(); n < total {
+			return errorf("late joiner holds %d cells", n)
+		}
+		return nil
+	})
+	t.Logf("FIGURE late joiner: %d cells by sync %s after starting (%d sync messages in)",
+		late.HTable().Len(), time.Since(joinStart).Round(time.Millisecond), late.metrics.messages.With("in", "htable", "request").Value())
 }
 
 // TestFigureMirrorMemory: heap held by a 100 000-cell mirror, filled through
