@@ -274,3 +274,77 @@ func BenchmarkQueryBaseline(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPublishAB alternates rounds (16 callers × 50 messages) of amqp.publish over
+// netstring JSON-RPC, Bridge.Publish, and raw amqp091-go confirmed publishes, so that
+// all three see the same load; it reports each one's messages/s and the ratios to raw.
+// Run with e.g. -benchtime 20x.
+func BenchmarkPublishAB(b *testing.B) {
+	u := brokerURL(b)
+	conn, err := amqp.Dial(u)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	ch, _ := conn.Channel()
+	q, _ := ch.QueueDeclare("", false, true, true, false, amqp.Table{"x-max-length": int32(1000)})
+	ch.QueueBind(q.Name, "bench.pub", testExchange, false, nil)
+	rch, _ := conn.Channel()
+	rch.Confirm(false)
+	br, _ := startBridge(b, u, nil, Options{})
+	const payload = `{"Event-Category":"sipcmd","Event-Name":"lookup","Data":{"user":"alice","ip":"192.0.2.10"}}`
+	const callers, per = 16, 50
+	conns := make([]*nsConn, callers)
+	for i := range conns {
+		conns[i] = dialNetstring(b, br.Addrs()[ListenNetstring])
+	}
+	round := func(publish func(i, j int) error) time.Duration {
+		var wg sync.WaitGroup
+		start := time.Now()
+		for i := range callers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for j := range per {
+					if err := publish(i, j); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+	var rpc, api, raw time.Duration
+	b.ResetTimer()
+	for range b.N {
+		rpc += round(func(i, j int) error {
+			conns[i].send(b, `{"id":`+strconv.Itoa(j)+`,"jsonrpc":"2.0","method":"amqp.publish","params":{"exchange":"sipside_kazoo_test","routing_key":"bench.pub","payload":`+payload+`}}`)
+			if resp := conns[i].recv(b); !strings.Contains(resp, `"confirmed"`) {
+				return fmt.Errorf("reply %s", resp)
+			}
+			return nil
+		})
+		api += round(func(int, int) error {
+			_, err := br.Publish(context.Background(), PublishRequest{Exchange: testExchange, RoutingKey: "bench.pub", Body: []byte(payload)})
+			return err
+		})
+		raw += round(func(int, int) error {
+			dc, err := rch.PublishWithDeferredConfirm(testExchange, "bench.pub", true, false, amqp.Publishing{ContentType: "application/json", Body: []byte(payload)})
+			if err != nil {
+				return err
+			}
+			if !dc.Wait() {
+				return fmt.Errorf("nack")
+			}
+			return nil
+		})
+	}
+	n := float64(b.N * callers * per)
+	b.ReportMetric(n/rpc.Seconds(), "jsonrpc-msg/s")
+	b.ReportMetric(n/api.Seconds(), "goapi-msg/s")
+	b.ReportMetric(n/raw.Seconds(), "raw-msg/s")
+	b.ReportMetric(raw.Seconds()/rpc.Seconds(), "jsonrpc/raw")
+	b.ReportMetric(raw.Seconds()/api.Seconds(), "goapi/raw")
+}

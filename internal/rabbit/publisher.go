@@ -38,8 +38,7 @@ type Publisher struct {
 	cur     *pubChannel
 	changed chan struct{} // closed and replaced whenever cur changes
 
-	exMu      sync.Mutex
-	exchanges map[string]*Session // exchanges known to exist, per session
+	exchanges sync.Map // exchange name → *Session on which it is known to exist
 
 	remove func()
 	met    pubMetrics
@@ -89,7 +88,6 @@ func (m *Manager) NewPublisher(ctx context.Context, opts PublisherOptions) (*Pub
 		m:         m,
 		opts:      opts,
 		changed:   make(chan struct{}),
-		exchanges: make(map[string]*Session),
 	}
 	p.met = pubMetrics{
 		results:  reg.Counter("sipside_amqp_publishes_total", "Publishes by outcome (confirmed, nacked, returned, unconfirmed, timeout, no_exchange, error).", "name", "publisher", "result"),
@@ -511,18 +509,13 @@ func (p *Publisher) checkExchange(ctx context.Context, s *Session, exchange stri
 	if exchange == "" || len(exchange) > 4 && exchange[:4] == "amq." {
 		return nil
 	}
-	p.exMu.Lock()
-	known := p.exchanges[exchange] == s
-	p.exMu.Unlock()
-	if known {
+	if known, ok := p.exchanges.Load(exchange); ok && known.(*Session) == s {
 		return nil
 	}
 	if err := ExchangeExists(ctx, s.Conn, exchange); err != nil {
 		return err
 	}
-	p.exMu.Lock()
-	p.exchanges[exchange] = s
-	p.exMu.Unlock()
+	p.exchanges.Store(exchange, s)
 	return nil
 }
 
