@@ -85,9 +85,9 @@ func (m *Manager) NewPublisher(ctx context.Context, opts PublisherOptions) (*Pub
 	}
 	reg := m.cfg.Metrics
 	p := &Publisher{
-		m:         m,
-		opts:      opts,
-		changed:   make(chan struct{}),
+		m:       m,
+		opts:    opts,
+		changed: make(chan struct{}),
 	}
 	p.met = pubMetrics{
 		results:  reg.Counter("sipside_amqp_publishes_total", "Publishes by outcome (confirmed, nacked, returned, unconfirmed, timeout, no_exchange, error).", "name", "publisher", "result"),
