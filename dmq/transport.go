@@ -142,7 +142,7 @@ func (t *transport) receive(ctx context.Context, data []byte, src netip.AddrPort
 	}
 	if err := m.validateRequest(); err != nil {
 		t.drop("bad_request", src, err)
-		t.reply(rep, src, m.Reply(400, "Bad Request", newTag(), "", nil), channelOf(m))
+		t.reply(rep, src, m.Reply(400, "Bad Request", newTag(), "", nil), channelOf(m), nil)
 		return
 	}
 	key := serverKey(m)
@@ -170,17 +170,23 @@ func (t *transport) worker(ctx context.Context) {
 			if resp == nil {
 				continue
 			}
-			raw := t.reply(in.reply, in.src, resp, channelOf(in.req))
-			t.servers.finish(in.key, raw, in.reply, time.Now(), t.timers.Timeout)
+			t.reply(in.reply, in.src, resp, channelOf(in.req), func(raw []byte) {
+				t.servers.finish(in.key, raw, in.reply, time.Now(), t.timers.Timeout)
+			})
 		}
 	}
 }
 
-func (t *transport) reply(rep replier, peer netip.AddrPort, resp *Message, channel string) []byte {
+// reply sends resp; before is called with the bytes before they leave, so
+// that a copy of the request arriving right after the answer finds it cached.
+func (t *transport) reply(rep replier, peer netip.AddrPort, resp *Message, channel string, before func(raw []byte)) []byte {
 	if t.trace != nil {
 		t.trace(false, peer, resp)
 	}
 	raw := resp.Bytes()
+	if before != nil {
+		before(raw)
+	}
 	if err := rep(raw); err != nil {
 		t.log.Warn("dmq: sending reply failed", "to", peer.String(), "status", resp.StatusCode, "err", err)
 	}
