@@ -253,33 +253,18 @@ func (r *Router) work(rt *route) {
 			rt.spillAfter = time.Duration(r.spool.cfg.SpillAfter)
 		}
 	}
+	// send hands one event to the backend and returns the wait for its
+	// outcome: a Pipeliner keeps a window in flight, any other backend
+	// delivers at once and the wait only reports.
+	send := func(ctx context.Context, ev *Event) func() error {
+		err := rt.b.Deliver(ctx, ev)
+		return func() error { return err }
+	}
+	window := 1
 	if p, ok := rt.b.(Pipeliner); ok && rt.cfg.Window > 1 {
-		r.workPipelined(rt, p)
-		return
+		send, window = p.Send, rt.cfg.Window
 	}
-	for {
-		if rt.spool != nil && rt.spool.Len() > 0 {
-			if closed := r.replay(rt); closed {
-				return
-			}
-			continue
-		}
-		ev, ok := <-rt.queue
-		if !ok {
-			return
-		}
-		rt.depth.Add(-1)
-		if rt.spool != nil && time.Since(ev.Received) > rt.spillAfter {
-			// The queue lags behind the backend: keep the events on disk
-			// and answer the proxy now instead of after its timeout.
-			ev.done(r.toSpool(rt, ev, nil))
-			continue
-		}
-		r.outcome(rt, ev, r.deliver(rt, ev))
-		if len(rt.queue) == 0 {
-			r.flush(rt)
-		}
-	}
+	r.run(rt, send, window)
 }
 
 // outcome settles one delivery attempt: an error goes to the spool (or is
@@ -292,7 +277,7 @@ func (r *Router) outcome(rt *route, ev *Event, err error) {
 	ev.done(err)
 }
 
-// inflight is one event handed to a Pipeliner, waiting for its outcome;
+// inflight is one event handed to the backend, waiting for its outcome;
 // spill marks an event to be spooled in its turn, barrier a point the
 // worker waits for.
 type inflight struct {
@@ -303,13 +288,14 @@ type inflight struct {
 	barrier chan struct{}
 }
 
-// workPipelined keeps up to Window events in flight on a Pipeliner. The
-// worker sends in queue order; one completer settles the outcomes in the
-// same order, so it alone writes the spool while the worker is not
-// replaying. Events sent after one that fails may already be delivered
-// when the failed one is replayed: within one window, a failure can reorder.
-func (r *Router) workPipelined(rt *route, p Pipeliner) {
-	fl := make(chan inflight, rt.cfg.Window-1)
+// run is the route's worker. It sends in queue order, keeping up to window
+// events in flight; one completer settles the outcomes in the same order,
+// so it alone writes the spool while the worker is not replaying. With a
+// window above one, events sent after one that fails may already be
+// delivered when the failed one is replayed: a failure can reorder within
+// one window.
+func (r *Router) run(rt *route, send func(context.Context, *Event) func() error, window int) {
+	fl := make(chan inflight, window-1)
 	completed := make(chan struct{})
 	go func() {
 		defer close(completed)
@@ -347,11 +333,16 @@ func (r *Router) workPipelined(rt *route, p Pipeliner) {
 		}
 		rt.depth.Add(-1)
 		if rt.spool != nil && time.Since(ev.Received) > rt.spillAfter {
+			// The queue lags behind the backend: keep the events on disk
+			// and answer the proxy now instead of after its timeout.
 			fl <- inflight{ev: ev, spill: true}
 			continue
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rt.cfg.Timeout))
-		fl <- inflight{ev: ev, wait: p.Send(ctx, ev), cancel: cancel}
+		fl <- inflight{ev: ev, wait: send(ctx, ev), cancel: cancel}
+		if len(rt.queue) == 0 {
+			r.flush(rt)
+		}
 	}
 }
 

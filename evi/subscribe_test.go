@@ -90,13 +90,15 @@ func TestSubscriberRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
-	defer cancel()
-	s.Run(ctx)
-	st := s.States()[0]
-	if st.State != "down" || !strings.Contains(st.LastError, "400") {
-		t.Errorf("state = %+v, want down with the proxy's 400", st)
-	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- s.Run(ctx) }()
+	checkFor(t, 5*time.Second, "the proxy's refusal in the state", func() bool {
+		st := s.States()[0]
+		return st.State == "down" && strings.Contains(st.LastError, "400 Bad parameter value")
+	})
+	cancel()
+	<-done
 }
 
 func TestSubscribeConfigValidate(t *testing.T) {
@@ -124,4 +126,3 @@ func TestSubscribeConfigValidate(t *testing.T) {
 		}
 	}
 }
-
