@@ -3,12 +3,14 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/sipside/sipside/testenv"
 )
@@ -64,4 +66,24 @@ func sipsideBinary(t testing.TB) string {
 		t.Fatal(buildErr)
 	}
 	return binPath
+}
+
+// sendSIPMessageTo sends one SIP MESSAGE over UDP and waits for a 2xx.
+func sendSIPMessageTo(t *testing.T, to, from, body string) {
+	t.Helper()
+	c, err := net.Dial("udp", to)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	n := time.Now().UnixNano()
+	msg := fmt.Sprintf("MESSAGE sip:sipside@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK%d\r\nMax-Forwards: 70\r\nFrom: <sip:%s@127.0.0.1>;tag=%d\r\nTo: <sip:sipside@%s>\r\nCall-ID: %d@127.0.0.1\r\nCSeq: 1 MESSAGE\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s",
+		to, c.LocalAddr(), n, from, n, to, n, len(body), body)
+	c.Write([]byte(msg))
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2048)
+	k, err := c.Read(buf)
+	if err != nil || !strings.Contains(string(buf[:k]), "SIP/2.0 2") {
+		t.Fatalf("MESSAGE reply: %q %v", buf[:k], err)
+	}
 }
