@@ -463,3 +463,21 @@ func TestConsumeToEvents(t *testing.T) {
 		t.Fatal("no event")
 	}
 }
+
+// OpenSIPS's jsonrpc module reads 8 KB of a reply: a bigger one becomes an error that
+// says so on the raw listener, and goes through whole on the others.
+func TestRawReplyLimit(t *testing.T) {
+	u := brokerURL(t)
+	startResponder(t, u, "svc.big", &responder{pad: 10000})
+	b, _ := startBridge(t, u, nil, Options{})
+	const req = `{"id":9,"jsonrpc":"2.0","method":"amqp.query","params":{"exchange":"sipside_kazoo_test","routing_key":"svc.big","payload":{"q":"b"}}}`
+	resp := rawCall(t, b.Addrs()[ListenTCP], req)
+	if field(t, resp, "error", "code") != strconv.Itoa(CodeBusy) || field(t, resp, "id") != "9" || !strings.Contains(resp, "8192") {
+		t.Fatalf("raw: %.300s", resp)
+	}
+	c := dialNetstring(t, b.Addrs()[ListenNetstring])
+	c.send(t, req)
+	if resp := c.recv(t); field(t, resp, "result", "echo") != `"b"` || len(resp) < 10000 {
+		t.Fatalf("netstring: %.300s", resp)
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -92,6 +93,7 @@ func startBridge(t testing.TB, u string, edit func(*Config), opts Options) (*Bri
 type responder struct {
 	kazoo, twice bool
 	delay        time.Duration // before each reply
+	pad          int           // bytes of padding in each reply
 }
 
 func startResponder(t testing.TB, u, key string, r *responder) {
@@ -130,7 +132,7 @@ func startResponder(t testing.TB, u, key string, r *responder) {
 				exchange, rk = TargetedExchange, string(v.GetStringBytes("Server-ID"))
 				body = []byte(`{"Event-Category":"sipcmd","Event-Name":"query_resp","Msg-ID":` + strconv.Quote(string(v.GetStringBytes("Msg-ID"))) + `,"Result":{"echo":` + strconv.Quote(qv) + `}}`)
 			} else {
-				body = []byte(`{"echo":` + strconv.Quote(qv) + `}`)
+				body = []byte(`{"echo":` + strconv.Quote(qv) + `,"pad":"` + strings.Repeat("p", r.pad) + `"}`)
 			}
 			n := 1
 			if r.twice {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/valyala/fastjson"
+
 	"github.com/sipside/sipside/internal/metrics"
 )
 
@@ -273,12 +275,32 @@ func (s *server) serveRaw(ctx context.Context, c net.Conn) {
 		cctx, cancel := callContext(ctx)
 		resp := s.b.disp.handle(cctx, ListenTCP, req)
 		cancel()
+		if len(resp) > rawReplyMax {
+			s.met.frameError(ListenTCP, "reply_too_big")
+			resp = errorResponse(requestID(req), CodeBusy, fmt.Sprintf("reply of %d bytes is larger than the %d bytes OpenSIPS's jsonrpc module reads; make the responder's answer smaller or call over http", len(resp), rawReplyMax))
+		}
 		if resp != nil && !s.write(c, resp) {
 			return
 		}
 		rest := copy(buf, buf[n:])
 		buf = buf[:rest]
 	}
+}
+
+// rawReplyMax is what OpenSIPS's jsonrpc module reads of a reply; a longer one would
+// be cut and fail to parse there, so it becomes an error that says why.
+const rawReplyMax = 8192
+
+// requestID returns the raw id of a request that was already parsed once.
+func requestID(req []byte) []byte {
+	v, err := fastjson.ParseBytes(req)
+	if err != nil {
+		return nil
+	}
+	if id := v.Get("id"); id != nil && (id.Type() == fastjson.TypeNumber || id.Type() == fastjson.TypeString) {
+		return id.MarshalTo(nil)
+	}
+	return nil
 }
 
 func codeFor(reason string) int {
