@@ -257,8 +257,10 @@ func (r *Router) work(rt *route) {
 	// outcome: a Pipeliner keeps a window in flight, any other backend
 	// delivers at once and the wait only reports.
 	send := func(ctx context.Context, ev *Event) func() error {
-		err := rt.b.Deliver(ctx, ev)
-		return func() error { return err }
+		if err := rt.b.Deliver(ctx, ev); err != nil {
+			return func() error { return err }
+		}
+		return delivered
 	}
 	window := 1
 	if p, ok := rt.b.(Pipeliner); ok && rt.cfg.Window > 1 {
@@ -266,6 +268,10 @@ func (r *Router) work(rt *route) {
 	}
 	r.run(rt, send, window)
 }
+
+// delivered is the outcome of every successful synchronous delivery, shared
+// so that the hot path allocates no closure for it.
+func delivered() error { return nil }
 
 // outcome settles one delivery attempt: an error goes to the spool (or is
 // lost), and the input learns the result.
