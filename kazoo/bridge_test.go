@@ -481,3 +481,42 @@ func TestRawReplyLimit(t *testing.T) {
 		t.Fatalf("netstring: %.300s", resp)
 	}
 }
+
+// After the broker connection fails over, consumers are declared, bound and consuming
+// again without help, and so is the Kazoo reply queue.
+func TestConsumersAfterFailover(t *testing.T) {
+	u := brokerURL(t)
+	startResponder(t, u, "kzfo.q", &responder{kazoo: true})
+	uri, _ := amqp.ParseURI(u)
+	target := net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))
+	a, bp := newCutProxy(t, target), newCutProxy(t, target)
+	rec := &recorder{}
+	b, _ := startBridge(t, viaProxy(t, u, a), func(c *Config) {
+		c.AMQP.Brokers = append(c.AMQP.Brokers, viaProxy(t, u, bp))
+		c.AMQP.Kazoo = true
+		c.JSONRPC.Listen = nil
+		c.AMQP.Consume = []ConsumeConfig{{Exchange: testExchange, RoutingKey: "fo.ev.#", Deliver: "evapi:127.0.0.1:rec", Event: "E"}}
+	}, Options{NewDeliverer: func(string, Options) (Deliverer, error) { return rec, nil }})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	publishAndSee := func(body string) {
+		t.Helper()
+		n := len(rec.got())
+		if _, err := b.Publish(ctx, PublishRequest{Exchange: testExchange, RoutingKey: "fo.ev.x", Body: []byte(`{"Event-Category":"` + body + `"}`)}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 10*time.Second, "delivery of "+body, func() bool { return len(rec.got()) > n })
+	}
+	publishAndSee("before")
+	firstQueue := b.consumers[0].queue.Load().(string)
+	a.Cut()
+	waitFor(t, 15*time.Second, "failover", func() bool {
+		s := b.mgr.Current()
+		return s != nil && strings.Contains(s.Broker, bp.Addr()) && b.consumers[0].queue.Load().(string) != firstQueue
+	})
+	publishAndSee("after")
+	reply, err := b.Query(ctx, QueryRequest{PublishRequest: PublishRequest{Exchange: testExchange, RoutingKey: "kzfo.q", Body: []byte(`{"q":"k"}`)}})
+	if err != nil || !strings.Contains(string(reply), `"echo":"k"`) {
+		t.Fatalf("kazoo query after failover: %s %v", reply, err)
+	}
+}
