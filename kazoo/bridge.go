@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -57,6 +58,7 @@ type Bridge struct {
 	acks      *ackTable
 	disp      *dispatcher
 	srv       *server
+	running   atomic.Bool
 }
 
 // New checks cfg (after filling defaults) and builds the bridge; nothing connects
@@ -101,6 +103,19 @@ func New(cfg Config, opts Options) (*Bridge, error) {
 		}
 		b.consumers = append(b.consumers, newConsumer(b, i, cc, d))
 	}
+	// Hooks are registered before the manager ever connects, so the first connection
+	// already carries the publisher, the reply consumer and every consumer. Nothing is
+	// connected yet, so the hooks cannot fail here.
+	b.pub, err = b.mgr.NewPublisher(context.Background(), rabbit.PublisherOptions{OnReply: b.q.onDirectReply, Label: "kazoo"})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.AMQP.Kazoo {
+		b.mgr.OnConnect(context.Background(), b.q.declareTargeted) //nolint:errcheck // not connected yet
+	}
+	for _, c := range b.consumers {
+		b.mgr.OnConnect(context.Background(), c.setup) //nolint:errcheck // not connected yet
+	}
 	b.disp = b.newDispatcher()
 	if len(cfg.JSONRPC.Listen) > 0 {
 		b.srv, err = newServer(b, cfg.JSONRPC)
@@ -137,29 +152,15 @@ func loadTLS(a AMQPConfig) (*tls.Config, error) {
 }
 
 // Run connects to the broker, starts the consumers and the JSON-RPC listeners, and
-// returns when ctx ends (nil) or a listener cannot start (error).
+// returns when ctx ends (nil) or a listener cannot start (error). Call it once.
 func (b *Bridge) Run(ctx context.Context) error {
+	if !b.running.CompareAndSwap(false, true) {
+		return errors.New("kazoo: Run called twice; make a new Bridge")
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
-	var err error
-	// Hooks are registered before the manager connects, so the first connection
-	// already carries the publisher, the reply consumer and every consumer.
-	b.pub, err = b.mgr.NewPublisher(ctx, rabbit.PublisherOptions{OnReply: b.q.onDirectReply, Label: "kazoo"})
-	if err != nil {
-		return err
-	}
 	defer b.pub.Close()
-	if b.cfg.AMQP.Kazoo {
-		if _, err := b.mgr.OnConnect(ctx, b.q.declareTargeted); err != nil {
-			return err
-		}
-	}
-	for _, c := range b.consumers {
-		if _, err := b.mgr.OnConnect(ctx, c.setup); err != nil {
-			return err
-		}
-	}
 	if b.srv != nil {
 		if err := b.srv.listen(); err != nil {
 			return err
@@ -201,9 +202,6 @@ type PublishRequest struct {
 // object body gets Msg-ID, Server-ID, Node, App-Name and App-Version, and the Msg-ID is
 // returned.
 func (b *Bridge) Publish(ctx context.Context, r PublishRequest) (msgID string, err error) {
-	if b.pub == nil {
-		return "", errors.New("kazoo: bridge is not running (call Run first)")
-	}
 	body := r.Body
 	if b.cfg.AMQP.Kazoo {
 		body, msgID, err = b.q.kazooFields(body)

@@ -132,7 +132,11 @@ func startResponder(t testing.TB, u, key string, r *responder) {
 				exchange, rk = TargetedExchange, string(v.GetStringBytes("Server-ID"))
 				body = []byte(`{"Event-Category":"sipcmd","Event-Name":"query_resp","Msg-ID":` + strconv.Quote(string(v.GetStringBytes("Msg-ID"))) + `,"Result":{"echo":` + strconv.Quote(qv) + `}}`)
 			} else {
-				body = []byte(`{"echo":` + strconv.Quote(qv) + `,"pad":"` + strings.Repeat("p", r.pad) + `"}`)
+				pad := ""
+				if r.pad > 0 {
+					pad = `,"pad":"` + strings.Repeat("p", r.pad) + `"`
+				}
+				body = []byte(`{"echo":` + strconv.Quote(qv) + pad + `}`)
 			}
 			n := 1
 			if r.twice {

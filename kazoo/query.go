@@ -193,9 +193,6 @@ type QueryRequest struct {
 // Query publishes r with a fresh correlation id and returns the reply's body. The
 // waiter is registered before the publish, so a reply however fast is matched.
 func (b *Bridge) Query(ctx context.Context, r QueryRequest) ([]byte, error) {
-	if b.pub == nil {
-		return nil, errors.New("kazoo: bridge is not running (call Run first)")
-	}
 	q := b.q
 	timeout := r.Timeout
 	if timeout <= 0 {
@@ -233,7 +230,8 @@ func (b *Bridge) Query(ctx context.Context, r QueryRequest) ([]byte, error) {
 	go func() {
 		// Its own deadline: the query returning on a reply must not turn the
 		// confirm still on its way into a counted publish timeout.
-		pctx, pcancel := context.WithTimeout(context.WithoutCancel(ctx), timeout)
+		dl, _ := ctx.Deadline()
+		pctx, pcancel := context.WithDeadline(context.WithoutCancel(ctx), dl)
 		defer pcancel()
 		lost, err := b.pub.PublishWatch(pctx, r.Exchange, r.RoutingKey, msg)
 		pubc <- published{lost, err}
