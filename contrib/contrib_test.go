@@ -964,6 +964,66 @@ func TestMetricNames(t *testing.T) {
 	}
 }
 
+// TestPrometheusFiles runs promtool on the scrape config and the rules, runs
+// the alert unit tests (alerts_test.yml), and parses every dashboard query as
+// a recording rule, so that a PromQL typo fails here and not on a pager.
+func TestPrometheusFiles(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		testenv.Missing(t, "promtool", "apt-get install --no-install-recommends prometheus")
+		return
+	}
+	run := func(args ...string) {
+		t.Helper()
+		cmd := exec.Command(promtool, args...)
+		cmd.Dir = repoPath("contrib/prometheus")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Errorf("promtool %s: %v\n%s", strings.Join(args, " "), err, tail(out, 40))
+		}
+	}
+	run("check", "config", "prometheus.yml")
+	run("check", "rules", "alerts.yml")
+	run("test", "rules", "alerts_test.yml")
+
+	var dash struct {
+		Panels []struct {
+			Title   string `json:"title"`
+			Targets []struct {
+				Expr string `json:"expr"`
+			} `json:"targets"`
+		} `json:"panels"`
+	}
+	files, _ := filepath.Glob(repoPath("contrib/grafana/*.json"))
+	var rules strings.Builder
+	rules.WriteString("groups:\n  - name: dashboard\n    rules:\n")
+	n := 0
+	for _, f := range files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(b, &dash); err != nil {
+			t.Fatalf("%s: %v", f, err)
+		}
+		grafanaVars := strings.NewReplacer("$__rate_interval", "5m", "$instance", ".*")
+		for _, p := range dash.Panels {
+			for _, tg := range p.Targets {
+				n++
+				q, _ := json.Marshal(grafanaVars.Replace(tg.Expr)) // a JSON string is a YAML string
+				fmt.Fprintf(&rules, "      - record: dashboard:query_%d\n        expr: %s\n", n, q)
+			}
+		}
+	}
+	if n == 0 {
+		t.Fatal("no dashboard queries")
+	}
+	tmp := filepath.Join(t.TempDir(), "dashboard-rules.yml")
+	if err := os.WriteFile(tmp, []byte(rules.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	run("check", "rules", tmp)
+}
+
 // ---------------------------------------------------------------------------
 // a YAML reader for the subset docker-compose.yml uses: block mappings and
 // sequences by indentation, plain/quoted scalars, flow sequences of scalars,
