@@ -1,0 +1,46 @@
+package main
+
+import (
+	"context"
+	"os/exec"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/sipside/sipside/testenv"
+)
+
+func TestMain(m *testing.M) { testenv.Main(m) }
+
+// TestLabScenario is `go run ./testenv/lab run`: the lab on loopback and its
+// scenario, every flow counted.
+func TestLabScenario(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts RabbitMQ and two Kamailio nodes")
+	}
+	if _, err := exec.LookPath("kamailio"); err != nil {
+		testenv.Missing(t, "kamailio", "apt-get install kamailio kamailio-extra-modules")
+	}
+	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
+		testenv.Missing(t, "rabbitmq-server", "apt-get install rabbitmq-server")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
+	defer cancel()
+	st, sipside, err := start(ctx, t.TempDir())
+	if sipside != nil {
+		defer func() {
+			sipside.Process.Signal(syscall.SIGTERM) // our child, by pid
+			sipside.Wait()
+		}()
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	err = scenario(ctx, st, &out)
+	t.Logf("\n%s", out.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+}
