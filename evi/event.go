@@ -53,6 +53,13 @@ func (ev *Event) expect(n int) {
 	ev.ack.n.Add(int32(n))
 }
 
+// refuse settles an event that no route took at all.
+func (ev *Event) refuse(err error) {
+	if ev.ack != nil {
+		ev.ack.fn(err)
+	}
+}
+
 // done records one route's final outcome.
 func (ev *Event) done(err error) {
 	a := ev.ack

@@ -213,6 +213,7 @@ func (p *Pipeline) Accept(ev *Event) {
 			// Closed for good: the pipeline is shutting down.
 			p.m.Undelivered.With("", "shutdown").Inc()
 			p.log.Warn("event arrived after shutdown began", "event", ev.Name)
+			ev.refuse(errors.New("sipside is shutting down"))
 			return
 		}
 		// A reload closed the router we loaded; retry on the new one.

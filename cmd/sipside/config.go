@@ -13,7 +13,9 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/sipside/sipside/dmq"
 	"github.com/sipside/sipside/evi"
+	"github.com/sipside/sipside/kazoo"
 )
 
 //go:embed default.toml
@@ -28,6 +30,12 @@ type Config struct {
 	Route []evi.RouteConfig `toml:"route"`
 	// Spool keeps the events no backend took, on disk, for ordered replay.
 	Spool evi.SpoolConfig `toml:"spool"`
+	// DMQ joins a Kamailio DMQ bus; off without [dmq] listen.
+	DMQ dmq.Config `toml:"dmq"`
+	// AMQP and JSONRPC are the AMQP bridge for routing scripts; off
+	// without [amqp] brokers.
+	AMQP    kazoo.AMQPConfig    `toml:"amqp"`
+	JSONRPC kazoo.JSONRPCConfig `toml:"jsonrpc"`
 	// Subscribe lists the events sipside subscribes to at OpenSIPS.
 	Subscribe []evi.SubscribeConfig `toml:"subscribe"`
 
@@ -58,6 +66,15 @@ const (
 	defaultMITarget   = "opensips:udp:127.0.0.1:8080"
 	defaultShutdown   = "4s"
 )
+
+// dmqEnabled: a [dmq] section with a listen address starts a node.
+func (c *Config) dmqEnabled() bool { return c.DMQ.Listen != "" }
+
+func (c *Config) kazoo() kazoo.Config {
+	k := kazoo.Config{AMQP: c.AMQP, JSONRPC: c.JSONRPC}
+	k.SetDefaults()
+	return k
+}
 
 func (c *Config) events() evi.Config {
 	return evi.Config{Inputs: c.Input, Routes: c.Route, Spool: c.Spool}
@@ -197,6 +214,16 @@ func (c *Config) validate(src string) error {
 		}
 		return bad(key, "spool", -1, err)
 	}
+	if c.dmqEnabled() {
+		if err := c.DMQ.Validate(); err != nil {
+			return sectionError(c.source, src, err)
+		}
+	}
+	if k := c.kazoo(); k.Enabled() || len(k.JSONRPC.Listen) > 0 || len(k.AMQP.Consume) > 0 {
+		if err := k.Validate(); err != nil {
+			return sectionError(c.source, src, err)
+		}
+	}
 	for i, sc := range c.Subscribe {
 		if err := sc.Validate(); err != nil {
 			key, _, _ := strings.Cut(err.Error(), ":")
@@ -245,6 +272,38 @@ func unprefix(err error) error {
 	}
 	return err
 }
+
+// sectionError turns a package's "dmq.seeds: …" or "amqp.consume[1].ack: …"
+// error into a ConfigError that carries the key's line when it is written
+// in the file.
+func sectionError(file, src string, err error) error {
+	msg := err.Error()
+	m := sectionKeyRe.FindStringSubmatch(msg)
+	if m == nil {
+		return &ConfigError{File: file, Err: err}
+	}
+	key := m[1]
+	rest := strings.TrimPrefix(strings.TrimPrefix(msg, key), ":")
+	rest = strings.TrimSpace(rest)
+	// Find the table (and array index) and the last key: amqp.consume[1].ack
+	// is "ack" in the second [[amqp.consume]]; dmq.seeds is "seeds" in [dmq].
+	parts := strings.Split(key, ".")
+	last := parts[len(parts)-1]
+	if k := strings.Index(last, "["); k > 0 {
+		last = last[:k]
+	}
+	table, index := strings.Join(parts[:len(parts)-1], "."), -1
+	if im := indexRe.FindStringSubmatch(table); im != nil {
+		table = im[1]
+		index, _ = strconv.Atoi(im[2])
+	}
+	return &ConfigError{File: file, Line: lineOf(src, table, index, last), Key: key, Err: errors.New(rest)}
+}
+
+var (
+	sectionKeyRe = regexp.MustCompile(`^((?:dmq|amqp|jsonrpc)(?:\.[a-z_]+(?:\[\d+\])?)+)[ :]`)
+	indexRe      = regexp.MustCompile(`^([a-z_.]+)\[(\d+)\]$`)
+)
 
 func keyName(table string, index int, key string) string {
 	if index >= 0 {

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"reflect"
 	"syscall"
 	"time"
 
@@ -166,6 +167,20 @@ func (d *daemon) run(ctx context.Context, cfg *Config) error {
 		})
 	}
 	d.subs.apply(gctx, cfg.Subscribe)
+	if cfg.dmqEnabled() {
+		node, err := d.startDMQ(cfg, pipe)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return node.Run(gctx) })
+	}
+	if kc := cfg.kazoo(); kc.Enabled() {
+		br, err := d.startAMQP(cfg, pipe)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return br.Run(gctx) })
+	}
 	g.Go(func() error { <-gctx.Done(); d.subs.wait(); return nil })
 	g.Go(func() error { d.reloadOnHUP(gctx, pipe, cfg); return nil })
 	err = g.Wait()
@@ -201,6 +216,9 @@ func (d *daemon) reloadOnHUP(ctx context.Context, pipe *evi.Pipeline, cur *Confi
 		d.subs.apply(ctx, next.Subscribe)
 		if l, err := parseLevel(next.Log.Level); err == nil && d.flags.logLevel == "" {
 			d.level.Set(l)
+		}
+		if !reflect.DeepEqual(next.DMQ, cur.DMQ) || !reflect.DeepEqual(next.kazoo(), cur.kazoo()) {
+			d.log.Warn("[dmq], [amqp] and [jsonrpc] changes take effect at the next restart, not on SIGHUP")
 		}
 		if next.HTTP.Listen != cur.HTTP.Listen {
 			d.log.Warn("[http] listen changed: restart sipside to move the observability server", "running", cur.HTTP.Listen, "configured", next.HTTP.Listen)

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/sipside/sipside/dmq"
+	"github.com/sipside/sipside/evi"
+	"github.com/sipside/sipside/kazoo"
+)
+
+// startDMQ joins the DMQ bus of [dmq]: every cluster change becomes an
+// event (E_DMQ_*) in the pipeline, so routes can ship it anywhere.
+func (d *daemon) startDMQ(cfg *Config, pipe *evi.Pipeline) (*dmq.Node, error) {
+	source := "dmq:" + cfg.DMQ.Listen
+	node, err := dmq.New(cfg.DMQ, dmq.Options{Logger: d.log, Metrics: d.reg,
+		OnChange: func(name string, params []byte) {
+			pipe.Accept(&evi.Event{Name: name, Params: params, Received: time.Now(), Source: source})
+		}})
+	if err != nil {
+		return nil, fmt.Errorf("[dmq]: %w", err)
+	}
+	d.sections = append(d.sections, func() statusSection {
+		sec := statusSection{Title: "DMQ nodes", Note: "this node: " + node.Self().String(),
+			Head: []string{"node", "status", "seed", "last seen", "changed"}}
+		for _, n := range node.Nodes() {
+			name := n.Addr.String()
+			if n.Local {
+				name += " (sipside)"
+			}
+			sec.Rows = append(sec.Rows, []string{name, n.Status.String(), strconv.FormatBool(n.Seed), since(n.LastSeen), since(n.Changed)})
+		}
+		if h := node.HTable(); h != nil {
+			sec.Note += fmt.Sprintf(" · htable cells mirrored: %d", h.Len())
+		}
+		return sec
+	})
+	return node, nil
+}
+
+// startAMQP builds the AMQP bridge of [amqp] and [jsonrpc]. Consumers with
+// deliver = "events" hand messages to the pipeline and learn whether a
+// route took them.
+func (d *daemon) startAMQP(cfg *Config, pipe *evi.Pipeline) (*kazoo.Bridge, error) {
+	br, err := kazoo.New(cfg.kazoo(), kazoo.Options{Logger: d.log, Metrics: d.reg, Version: version(),
+		Events: func(ctx context.Context, name string, params []byte) error {
+			ev := &evi.Event{Name: name, Params: params, Received: time.Now(), Source: "amqp"}
+			done := make(chan error, 1)
+			ev.OnDone(func(err error) { done <- err })
+			pipe.Accept(ev)
+			select {
+			case err := <-done:
+				return err
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}})
+	if err != nil {
+		return nil, fmt.Errorf("[amqp]: %w", err)
+	}
+	brokers := cfg.kazoo().AMQP.Brokers
+	d.sections = append(d.sections, func() statusSection {
+		sec := statusSection{Title: "AMQP bridge", Head: []string{"listener", "address"}}
+		state := "connected"
+		if err := br.LastError(); err != nil {
+			state = "last connection attempt failed: " + err.Error()
+		}
+		sec.Note = fmt.Sprintf("%d broker(s) configured; %s", len(brokers), state)
+		for kind, addr := range br.Addrs() {
+			sec.Rows = append(sec.Rows, []string{kind, addr})
+		}
+		return sec
+	})
+	return br, nil
+}
+
+func since(t time.Time) string {
+	if t.IsZero() {
+		return "—"
+	}
+	return time.Since(t).Round(time.Second).String() + " ago"
+}
