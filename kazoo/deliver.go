@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sipside/sipside/internal/netstring"
 	"github.com/sipside/sipside/mi"
 )
 
@@ -112,7 +113,7 @@ func (e *EvapiDeliverer) Deliver(ctx context.Context, m *Message) error {
 	if len(p) > evapiMaxFrame {
 		return fmt.Errorf("evapi %s: message of %d bytes exceeds evapi's 32 KB buffer; it would be lost", e.Addr, len(p))
 	}
-	frame := appendNetstring(nil, p)
+	frame := netstring.Append(nil, p)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	for attempt := 0; ; attempt++ {

@@ -1,11 +1,8 @@
 package kazoo
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"errors"
-	"io"
 	"strings"
 	"testing"
 
@@ -13,45 +10,6 @@ import (
 
 	"github.com/sipside/sipside/internal/metrics"
 )
-
-func TestNetstringReader(t *testing.T) {
-	for _, tc := range []struct {
-		name, in string
-		want     []string
-		err      error
-	}{
-		{"jsonrpcc capture", `79:{ "id": 2, "jsonrpc": "2.0", "method": "echo", "params": { "a": 1, "b": "x" } },`, []string{`{ "id": 2, "jsonrpc": "2.0", "method": "echo", "params": { "a": 1, "b": "x" } }`}, io.EOF},
-		{"back to back", `5:hello,6:world!,`, []string{"hello", "world!"}, io.EOF},
-		{"whitespace between", "2:ab,\r\n 1:c,", []string{"ab", "c"}, io.EOF},
-		{"empty payload", `0:,`, []string{""}, io.EOF},
-		{"truncated length", `5:hello,2`, []string{"hello"}, io.ErrUnexpectedEOF},
-		{"truncated payload", `5:hel`, nil, io.ErrUnexpectedEOF},
-		{"missing comma", `2:abc`, nil, errBadFrame},
-		{"letters", `{"cmd":"ping"}`, nil, errBadFrame},
-		{"leading zero", `05:hello,`, nil, errBadFrame},
-		{"no length", `:ab,`, nil, errBadFrame},
-		{"too big", `99999999999:x`, nil, errFrameTooBig},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			r := &netstringReader{r: bufio.NewReader(strings.NewReader(tc.in)), max: 1 << 20}
-			var got []string
-			var err error
-			for {
-				var p []byte
-				if p, err = r.Next(nil); err != nil {
-					break
-				}
-				got = append(got, string(p))
-			}
-			if !errors.Is(err, tc.err) {
-				t.Fatalf("err %v, want %v", err, tc.err)
-			}
-			if strings.Join(got, "|") != strings.Join(tc.want, "|") {
-				t.Fatalf("got %q, want %q", got, tc.want)
-			}
-		})
-	}
-}
 
 func TestScanJSON(t *testing.T) {
 	for _, tc := range []struct {
@@ -76,43 +34,6 @@ func TestScanJSON(t *testing.T) {
 			t.Errorf("scanJSON(%q) = %d, %v; want %d, err %v", tc.in, n, err, tc.want, tc.err)
 		}
 	}
-}
-
-func FuzzNetstring(f *testing.F) {
-	for _, s := range []string{`79:{ "id": 2, "jsonrpc": "2.0", "method": "echo", "params": { "a": 1, "b": "x" } },`, `5:hello,6:world!,2`, `:ab,`, `0:,`, "\n3:abc,", `12x`, `999999999999:`} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, in []byte) {
-		const max = 4096
-		r := &netstringReader{r: bufio.NewReader(bytes.NewReader(in)), max: max}
-		var out []byte
-		for {
-			p, err := r.Next(nil)
-			if err != nil {
-				break
-			}
-			if len(p) > max {
-				t.Fatalf("payload of %d bytes above max %d", len(p), max)
-			}
-			out = appendNetstring(out, p)
-		}
-		// What was read re-frames to something that reads back the same.
-		r2 := &netstringReader{r: bufio.NewReader(bytes.NewReader(out)), max: max}
-		var again []byte
-		for {
-			p, err := r2.Next(nil)
-			if err != nil {
-				if !errors.Is(err, io.EOF) {
-					t.Fatalf("re-read: %v", err)
-				}
-				break
-			}
-			again = appendNetstring(again, p)
-		}
-		if !bytes.Equal(out, again) {
-			t.Fatalf("round trip differs: %q vs %q", out, again)
-		}
-	})
 }
 
 func FuzzScanJSON(f *testing.F) {

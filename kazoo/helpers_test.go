@@ -1,7 +1,6 @@
 package kazoo
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -17,6 +16,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/sipside/sipside/internal/metrics"
+	"github.com/sipside/sipside/internal/netstring"
 	"github.com/sipside/sipside/testenv"
 )
 
@@ -195,7 +195,7 @@ func readJSONValue(t testing.TB, c net.Conn) string {
 // nsConn is a jsonrpcc/janssonrpcc-style persistent netstring connection.
 type nsConn struct {
 	c net.Conn
-	r *netstringReader
+	r *netstring.Reader
 }
 
 func dialNetstring(t testing.TB, addr string) *nsConn {
@@ -205,12 +205,12 @@ func dialNetstring(t testing.TB, addr string) *nsConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	return &nsConn{c: c, r: &netstringReader{r: bufio.NewReader(c), max: 1 << 20}}
+	return &nsConn{c: c, r: netstring.NewReader(c, 1<<20)}
 }
 
 func (n *nsConn) send(t testing.TB, payload string) {
 	t.Helper()
-	if _, err := n.c.Write(appendNetstring(nil, []byte(payload))); err != nil {
+	if _, err := n.c.Write(netstring.Append(nil, []byte(payload))); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -218,7 +218,7 @@ func (n *nsConn) send(t testing.TB, payload string) {
 func (n *nsConn) recv(t testing.TB) string {
 	t.Helper()
 	n.c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	p, err := n.r.Next(nil)
+	p, err := n.r.Next()
 	if err != nil {
 		t.Fatalf("netstring read: %v", err)
 	}

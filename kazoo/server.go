@@ -1,7 +1,6 @@
 package kazoo
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -16,6 +15,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/sipside/sipside/internal/metrics"
+	"github.com/sipside/sipside/internal/netstring"
 )
 
 // Timeouts of the JSON-RPC listeners.
@@ -186,7 +186,7 @@ func (g *guarded) reject(c net.Conn, code int, msg string) {
 	case ListenTCP:
 		c.Write(resp)
 	case ListenNetstring:
-		c.Write(appendNetstring(nil, resp))
+		c.Write(netstring.Append(nil, resp))
 	case ListenHTTP:
 		fmt.Fprintf(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", len(resp), resp)
 	}
@@ -333,7 +333,7 @@ func (s *server) serveNetstring(ctx context.Context, c net.Conn) {
 	}
 	var wmu sync.Mutex
 	send := func(resp []byte) {
-		frame := appendNetstring(make([]byte, 0, len(resp)+12), resp)
+		frame := netstring.Append(make([]byte, 0, len(resp)+12), resp)
 		wmu.Lock()
 		defer wmu.Unlock()
 		// One write per frame, as the proxies read whole frames.
@@ -345,16 +345,16 @@ func (s *server) serveNetstring(ctx context.Context, c net.Conn) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	sem := make(chan struct{}, maxPipelined)
-	r := &netstringReader{r: bufio.NewReaderSize(c, 4096), max: s.cfg.MaxFrame}
+	r := netstring.NewReader(c, s.cfg.MaxFrame)
 	for {
-		payload, err := r.Next(nil)
+		payload, err := r.Next()
 		if err != nil {
 			switch {
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
-			case errors.Is(err, errFrameTooBig):
+			case errors.Is(err, netstring.ErrTooBig):
 				s.met.frameError(ListenNetstring, "too_big")
 				send(errorResponse(nil, CodeBusy, fmt.Sprintf("frame larger than %d bytes (jsonrpc.max_frame); closing", s.cfg.MaxFrame)))
-			case errors.Is(err, errBadFrame):
+			case errors.Is(err, netstring.ErrMalformed):
 				s.met.frameError(ListenNetstring, "malformed")
 				send(errorResponse(nil, CodeParse, err.Error()+"; closing the connection (the stream is out of sync)"))
 			default:
@@ -367,6 +367,9 @@ func (s *server) serveNetstring(ctx context.Context, c net.Conn) {
 		case <-ctx.Done():
 			return
 		}
+		// The reader reuses its buffer; the request is handled while the
+		// next one is read.
+		payload = append([]byte(nil), payload...)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
