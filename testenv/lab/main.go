@@ -257,6 +257,8 @@ loadmodule "usrloc.so"
 loadmodule "registrar.so"
 loadmodule "dmq_usrloc.so"
 loadmodule "evapi.so"
+loadmodule "jansson.so"
+loadmodule "janssonrpcc.so"
 modparam("ctl", "binrpc", "unix:{{.CtlSock}}")
 modparam("jsonrpcs", "pretty_format", 0)
 modparam("jsonrpcs", "transport", 7)
@@ -277,6 +279,8 @@ modparam("dmq_usrloc", "sync", 1)
 modparam("evapi", "bind_addr", "{{.Addr}}:{{.Vars.evapi}}")
 modparam("evapi", "netstring_format", 1)
 modparam("evapi", "workers", 1)
+modparam("janssonrpcc", "server", "conn=sipside;addr=127.0.0.1;port={{.Vars.bridge}};priority=10;weight=10")
+modparam("janssonrpcc", "result_pv", "$var(sipside_result)")
 
 request_route {
 	if (is_method("KDMQ")) {
@@ -292,11 +296,37 @@ request_route {
 		evapi_relay("{\"event\":\"E_KAMAILIO_REGISTER\",\"node\":\"{{.Name}}\",\"aor\":\"$tu\",\"contact\":\"$ct\"}");
 		exit;
 	}
+	if (is_method("MESSAGE") && $rU == "publish") {
+		t_newtran();
+		# The script's call to sipside's AMQP bridge (janssonrpcc, netstring);
+		# the body names the queue (default exchange).
+		janssonrpc_request("sipside", "amqp.publish",
+			"{\"exchange\":\"\",\"routing_key\":\"$rb\",\"payload\":{\"from\":\"$fu\",\"node\":\"{{.Name}}\"}}",
+			"route=BRIDGE_REPLY;timeout=2000;retry=0");
+		exit;
+	}
+	if (is_method("MESSAGE") && $rU == "query") {
+		t_newtran();
+		janssonrpc_request("sipside", "amqp.query",
+			"{\"exchange\":\"\",\"routing_key\":\"$rb\",\"payload\":{\"from\":\"$fu\",\"node\":\"{{.Name}}\"},\"timeout_ms\":1500}",
+			"route=BRIDGE_REPLY;timeout=2000;retry=0");
+		exit;
+	}
 	if ($rm == "OPTIONS") {
 		sl_send_reply("200", "OK");
 		exit;
 	}
 	sl_send_reply("404", "Not here");
+}
+
+route[BRIDGE_REPLY] {
+	if (jansson_get("result", "$var(sipside_result)", "$var(r)")) {
+		append_to_reply("X-Sipside: $var(r)\r\n");
+		t_reply("200", "OK");
+	} else {
+		xlog("L_WARN", "sipside bridge: $var(sipside_result)\n");
+		t_reply("502", "Bridge Error");
+	}
 }
 
 event_route[xhttp:request] {
@@ -330,13 +360,14 @@ func start(ctx context.Context, dir string) (*State, *exec.Cmd, error) {
 	}()
 
 	evA, evB := freePort("tcp", "127.0.0.2"), freePort("tcp", "127.0.0.3")
+	bridge := freePort("tcp", "127.0.0.1")
 	a, err := testenv.StartKamailio(ctx, testenv.KamailioConfig{Name: "A", Addr: "127.0.0.2", Template: kamailioTemplate,
-		Vars: map[string]any{"evapi": evA, "notify": "self"}, Args: []string{"-m", "128"}})
+		Vars: map[string]any{"evapi": evA, "notify": "self", "bridge": bridge}, Args: []string{"-m", "128"}})
 	if err != nil {
 		return nil, nil, fmt.Errorf("kamailio A: %w", err)
 	}
 	b, err := testenv.StartKamailio(ctx, testenv.KamailioConfig{Name: "B", Addr: "127.0.0.3", Template: kamailioTemplate,
-		Vars: map[string]any{"evapi": evB, "notify": "sip:" + a.SIPAddr()}, Args: []string{"-m", "128"}})
+		Vars: map[string]any{"evapi": evB, "notify": "sip:" + a.SIPAddr(), "bridge": bridge}, Args: []string{"-m", "128"}})
 	if err != nil {
 		return nil, nil, fmt.Errorf("kamailio B: %w", err)
 	}
@@ -370,16 +401,25 @@ name = "watch"
 events = ["E_DMQ_*"]
 to = "stdout:"
 `, st.HTTP, filepath.Join(dir, "spool"), evA, evB, rabbit.Port, st.Queue, filepath.Join(dir, "registrations.log"))
-	wired := base + fmt.Sprintf("[dmq]\nlisten = \"sip:127.0.0.1:%d\"\nseeds = [\"sip:%s\"]\nping_interval = \"5s\"\n",
-		freePort("udp", "127.0.0.1"), a.SIPAddr())
+	wired := base + fmt.Sprintf(`[dmq]
+listen = "sip:127.0.0.1:%d"
+seeds = ["sip:%s"]
+ping_interval = "5s"
+peers = ["htable", "usrloc"]
+[amqp]
+brokers = [%q]
+[jsonrpc]
+listen = ["netstring:127.0.0.1:%d"]
+`, freePort("udp", "127.0.0.1"), a.SIPAddr(), rabbit.URL, bridge)
 	cfg := filepath.Join(dir, "sipside.toml")
 	os.WriteFile(cfg, []byte(wired), 0o644)
 	st.Wired = true
 	if out, err := exec.Command(st.Sipside, "check", "-c", cfg).CombinedOutput(); err != nil {
-		if !strings.Contains(string(out), "dmq: unknown key") {
+		if !strings.Contains(string(out), ": unknown key") {
 			return nil, nil, fmt.Errorf("sipside check: %s", out)
 		}
-		// sipside run does not start a DMQ node yet: the CLI covers DMQ.
+		// sipside run does not start the DMQ node and the bridge yet: the
+		// CLI covers DMQ; the scripts' bridge calls are left out.
 		os.WriteFile(cfg, []byte(base), 0o644)
 		st.Wired = false
 	}
@@ -543,4 +583,34 @@ func repoRoot() string {
 			return d
 		}
 	}
+}
+
+// responder answers every message on queue (default exchange) to its reply_to
+// with the same correlation id, as an amqp.query responder must.
+func responder(url, queue string) (stop func(), err error) {
+	c, err := amqp.Dial(url)
+	if err != nil {
+		return nil, err
+	}
+	ch, err := c.Channel()
+	if err == nil {
+		_, err = ch.QueueDeclare(queue, false, true, false, false, nil)
+	}
+	var msgs <-chan amqp.Delivery
+	if err == nil {
+		msgs, err = ch.Consume(queue, "", true, false, false, false, nil)
+	}
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	go func() {
+		for d := range msgs {
+			ch.Publish("", d.ReplyTo, false, false, amqp.Publishing{
+				ContentType: "application/json", CorrelationId: d.CorrelationId,
+				Body: []byte(`{"route":"sip:lab@127.0.0.1"}`),
+			})
+		}
+	}()
+	return func() { c.Close() }, nil
 }

@@ -117,6 +117,76 @@ func scenario(ctx context.Context, st *State, w io.Writer) error {
 	}
 	flows = append(flows, dq)
 
+	if st.Wired {
+		// 4. sipside run's own DMQ node mirrors what the nodes write.
+		mir := &flow{name: "htable on A -> DMQ -> sipside run's mirror"}
+		mir.sent = n + 1 // the htable.sets above and the cell sipside's CLI wrote
+		waitFor(ctx, 10*time.Second, func() error {
+			m, err := metrics(st.HTTP)
+			if err != nil {
+				return err
+			}
+			got := int(sum(m, "sipside_dmq_htable_cells") - sum(before, "sipside_dmq_htable_cells"))
+			mir.arrived = min(got, mir.sent)
+			if got < mir.sent {
+				return fmt.Errorf("%d cells", got)
+			}
+			return nil
+		})
+		if mir.arrived < mir.sent {
+			mir.failures = append(mir.failures, fmt.Sprintf("sipside_dmq_htable_cells grew by %d, want %d", mir.arrived, mir.sent))
+		}
+		flows = append(flows, mir)
+
+		// 5. Each node's script publishes through the bridge (janssonrpcc -> amqp.publish).
+		// janssonrpcc connects at startup and then retries with a growing
+		// pause; Kamailio started before sipside, so wait for both connections.
+		pub := &flow{name: "Kamailio script amqp.publish -> sipside bridge -> RabbitMQ"}
+		if err := waitFor(ctx, 30*time.Second, func() error {
+			m, err := metrics(st.HTTP)
+			if err == nil && sum(m, "sipside_jsonrpc_connections") < 2 {
+				err = fmt.Errorf("%.0f of 2 Kamailio nodes connected to the bridge", sum(m, "sipside_jsonrpc_connections"))
+			}
+			return err
+		}); err != nil {
+			pub.failures = append(pub.failures, err.Error())
+		}
+		d0, _ := queueDepth(st.RabbitURL, st.Queue)
+		for _, node := range []Node{st.NodeA, st.NodeB} {
+			pub.sent++
+			if code, err := sipRequest(ctx, node.SIP, "MESSAGE", "publish", st.Queue); err != nil || code != 200 {
+				pub.failures = append(pub.failures, fmt.Sprintf("MESSAGE publish at %s: %d %v", node.SIP, code, err))
+			}
+		}
+		waitFor(ctx, 5*time.Second, func() error {
+			d, err := queueDepth(st.RabbitURL, st.Queue)
+			pub.arrived = d - d0
+			if err == nil && pub.arrived < pub.sent {
+				err = fmt.Errorf("%d", pub.arrived)
+			}
+			return err
+		})
+		flows = append(flows, pub)
+
+		// 6. Each node's script queries a responder through the bridge (amqp.query).
+		qf := &flow{name: "Kamailio script amqp.query -> RabbitMQ responder -> reply"}
+		stop, err := responder(st.RabbitURL, "lab_query")
+		if err != nil {
+			qf.failures = append(qf.failures, "responder: "+err.Error())
+		} else {
+			for _, node := range []Node{st.NodeA, st.NodeB} {
+				qf.sent++
+				if code, err := sipRequest(ctx, node.SIP, "MESSAGE", "query", "lab_query"); err != nil || code != 200 {
+					qf.failures = append(qf.failures, fmt.Sprintf("MESSAGE query at %s: %d %v", node.SIP, code, err))
+				} else {
+					qf.arrived++
+				}
+			}
+			stop()
+		}
+		flows = append(flows, qf)
+	}
+
 	after, err := metrics(st.HTTP)
 	if err != nil {
 		return err
