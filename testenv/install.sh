@@ -76,8 +76,18 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
+# prometheus is only wanted for promtool: without its recommends (node exporter, alertmanager…).
+with_rec="" without_rec=""
+for p in $missing; do
+	case $p in
+	prometheus) without_rec="$without_rec $p" ;;
+	*) with_rec="$with_rec $p" ;;
+	esac
+done
 # shellcheck disable=SC2086 # word splitting of the package list is intended
-$APT install $missing
+if [ -n "$with_rec" ]; then $APT install $with_rec; fi
+# shellcheck disable=SC2086
+if [ -n "$without_rec" ]; then $APT install --no-install-recommends $without_rec; fi
 
 for s in $SERVICES; do
 	case " $preexisting " in *" $s "*) continue ;; esac
@@ -88,4 +98,4 @@ for s in $SERVICES; do
 		update-rc.d "$s" disable >/dev/null 2>&1 || true
 	fi
 done
-echo "testenv/install.sh: done; system services of kamailio and rabbitmq-server are not running"
+echo "testenv/install.sh: done; the system services these packages bring (kamailio, rabbitmq-server, prometheus) are not running"
