@@ -29,6 +29,8 @@ COPY --from=build /out/sipside /usr/local/bin/sipside
 COPY --from=build --chown=65532:65532 /out/var/lib/sipside /var/lib/sipside
 COPY --from=build --chown=65532:65532 /out/var/log/sipside /var/log/sipside
 COPY --from=build --chown=65532:65532 /out/run/sipside /run/sipside
+# A starting point only (every key, loopback addresses): mount your own config over it, as
+# docker-compose.yml does with contrib/lab/sipside.toml.
 COPY contrib/sipside.toml /etc/sipside/sipside.toml
 # distroless "nonroot": uid/gid 65532, no shell, no package manager.
 USER 65532:65532
