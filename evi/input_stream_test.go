@@ -2,8 +2,10 @@ package evi
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"testing"
@@ -210,4 +212,46 @@ func TestStdinInput(t *testing.T) {
 	if m.Invalid.With("stdin:").Value() != 2 {
 		t.Errorf("invalid = %d, want 2", m.Invalid.With("stdin:").Value())
 	}
+}
+
+// FuzzStreamInput feeds arbitrary bytes, in arbitrary chunks, to the
+// event_stream connection handler: it must never panic or hang, and every
+// event it accepts must be a notification that parses on its own.
+func FuzzStreamInput(f *testing.F) {
+	f.Add([]byte(`{"jsonrpc":"2.0","method":"E_MY_EVENT","params":["a"]}{"id":7,"jsonrpc":"2.0","method":"E"}`), uint8(5))
+	f.Add([]byte(`{"method":"E","params":{"":"a","":"b"}} {"method"`), uint8(1))
+	f.Add([]byte("garbage{"), uint8(3))
+	f.Fuzz(func(t *testing.T, data []byte, chunk uint8) {
+		m := NewMetrics(metrics.New())
+		in := &streamInput{inputBase: inputBase{name: "tcp:fuzz", received: m.Received.With("f"), invalid: m.Invalid.With("f"),
+			bad: newRateLog(slog.New(slog.DiscardHandler), time.Hour)}, replyTimeout: time.Millisecond, maxFrame: 4096,
+			log: slog.New(slog.DiscardHandler)}
+		server, client := net.Pipe()
+		sink := &collect{}
+		done := make(chan struct{})
+		go func() { in.serve(server, sink); server.Close(); close(done) }()
+		go func() {
+			step := int(chunk%16) + 1
+			for i := 0; i < len(data); i += step {
+				if _, err := client.Write(data[i:min(i+step, len(data))]); err != nil {
+					break
+				}
+			}
+			client.Close()
+		}()
+		go io.Copy(io.Discard, client) // replies of reliable-mode events
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second):
+			t.Fatal("serve did not return")
+		}
+		for _, ev := range sink.evs {
+			if ev.Name == "" {
+				t.Fatal("accepted an event without a name")
+			}
+			if ev.Params != nil && !json.Valid(ev.Params) {
+				t.Fatalf("params %q are not JSON", ev.Params)
+			}
+		}
+	})
 }
