@@ -23,6 +23,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -690,6 +691,166 @@ func TestKamailioConfigs(t *testing.T) {
 				}
 			})
 		}
+	}
+}
+
+// TestLabKamailioRuns starts contrib/lab/kamailio.cfg as the compose file
+// does (node A, and node B with -A NODE_B), with the lab's addresses moved to
+// 127.0.0.131/.132, runs the compose healthcheck command against each node,
+// and checks the pair for real: a REGISTER on A is relayed over evapi and its
+// htable write reaches B over DMQ.
+func TestLabKamailioRuns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts two Kamailio nodes")
+	}
+	kam, err := exec.LookPath("kamailio")
+	if err != nil {
+		testenv.Missing(t, "kamailio", "apt-get install kamailio kamailio-extra-modules kamailio-json-modules kamailio-utils-modules")
+		return
+	}
+	if _, err := exec.LookPath("bash"); err != nil {
+		t.Skip("no bash for the compose healthcheck command")
+	}
+	services := mapOf(loadCompose(t)["services"])
+	addr := map[string]string{"172.28.0.31": "127.0.0.131", "172.28.0.32": "127.0.0.132", "172.28.0.40": "127.0.0.140"}
+	src := readFile(t, "contrib/lab/kamailio.cfg")
+	for from, to := range addr {
+		src = strings.ReplaceAll(src, from, to)
+	}
+	// Each container has its own loopback; here the nodes share one.
+	src = strings.Replace(src, "listen=tcp:127.0.0.1:5071\n", "", 1)
+
+	for _, node := range []struct{ svc, ip string }{{"kamailio-a", "127.0.0.131"}, {"kamailio-b", "127.0.0.132"}} {
+		s := mapOf(services[node.svc])
+		dir := t.TempDir()
+		cfg := filepath.Join(dir, "kamailio.cfg")
+		body := strings.Replace(src, "#!KAMAILIO\n", fmt.Sprintf("#!KAMAILIO\nrun_dir=%q\n", dir), 1)
+		if err := os.WriteFile(cfg, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var args []string
+		for _, a := range listOf(s["entrypoint"])[1:] {
+			a := a.(string)
+			if a == "/etc/kamailio/kamailio.cfg" {
+				a = cfg
+			}
+			args = append(args, a)
+		}
+		startOwn(t, filepath.Join(dir, "kamailio.log"), kam, args...)
+		hc := listOf(mapOf(s["healthcheck"])["test"])
+		var cmd []string
+		for _, a := range hc[1:] {
+			cmd = append(cmd, strings.ReplaceAll(a.(string), "127.0.0.1/5071", node.ip+"/5071"))
+		}
+		if err := poll(t, 20*time.Second, func() error {
+			out, err := exec.Command(cmd[0], cmd[1:]...).CombinedOutput()
+			if err != nil {
+				return fmt.Errorf("%v %s", err, out)
+			}
+			return nil
+		}); err != nil {
+			log, _ := os.ReadFile(filepath.Join(dir, "kamailio.log"))
+			t.Fatalf("%s: the compose healthcheck never passed: %v\n%s", node.svc, err, tail(log, 30))
+		}
+	}
+
+	// evapi: the lab's sipside is a client of A.
+	ev, err := net.DialTimeout("tcp", "127.0.0.131:8448", 2*time.Second)
+	if err != nil {
+		t.Fatalf("evapi on A: %v", err)
+	}
+	defer ev.Close()
+	time.Sleep(200 * time.Millisecond) // the evapi worker registers the client
+
+	user := fmt.Sprintf("contrib%d", time.Now().UnixNano()%100000)
+	c, err := net.Dial("udp", "127.0.0.131:5060")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	local := c.LocalAddr().String()
+	reg := fmt.Sprintf("REGISTER sip:127.0.0.131 SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK%s;rport\r\nMax-Forwards: 70\r\n"+
+		"From: <sip:%s@lab>;tag=1\r\nTo: <sip:%s@lab>\r\nCall-ID: %s@lab\r\nCSeq: 1 REGISTER\r\nContact: <sip:%s@%s>\r\nExpires: 60\r\nContent-Length: 0\r\n\r\n",
+		local, user, user, user, user, user, local)
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte(reg)); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	n, err := c.Read(buf)
+	if err != nil || !strings.HasPrefix(string(buf[:n]), "SIP/2.0 200") {
+		t.Fatalf("REGISTER on A: %v %q", err, buf[:n])
+	}
+
+	ev.SetDeadline(time.Now().Add(5 * time.Second))
+	var got []byte
+	for !bytes.Contains(got, []byte(user)) {
+		n, err := ev.Read(buf)
+		if err != nil {
+			t.Fatalf("evapi: no E_KAMAILIO_REGISTER for %s: %v (got %q)", user, err, got)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if !bytes.Contains(got, []byte(`"event":"E_KAMAILIO_REGISTER"`)) {
+		t.Errorf("evapi relayed %q", got)
+	}
+
+	// DMQ: A's $sht(repl=>last_register) reaches B.
+	if err := poll(t, 10*time.Second, func() error {
+		body := `{"jsonrpc":"2.0","method":"htable.get","params":["repl","last_register"],"id":1}`
+		resp, err := http.Post("http://127.0.0.132:5071/RPC", "application/json", strings.NewReader(body))
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		if !bytes.Contains(b, []byte(user)) {
+			return fmt.Errorf("B: %s", b)
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("htable over DMQ: %v", err)
+	}
+}
+
+// startOwn starts a process in its own process group and stops the group,
+// by its id, when the test ends.
+func startOwn(t *testing.T, logPath, bin string, args ...string) {
+	t.Helper()
+	logf, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(5 * time.Second): // Kamailio 5.6 sometimes wedges a child on SIGTERM
+			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+			<-done
+		}
+		logf.Close()
+	})
+}
+
+// poll calls f until it succeeds or d passes, and returns its last error.
+func poll(t *testing.T, d time.Duration, f func() error) error {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		err := f()
+		if err == nil || time.Now().After(deadline) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
 
