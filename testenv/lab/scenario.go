@@ -138,6 +138,20 @@ func scenario(ctx context.Context, st *State, w io.Writer) error {
 		}
 		flows = append(flows, mir)
 
+		ul := &flow{name: "REGISTER -> dmq_usrloc -> sipside run's usrloc view", sent: reg.sent}
+		waitFor(ctx, 10*time.Second, func() error {
+			m, err := metrics(st.HTTP)
+			if err != nil {
+				return err
+			}
+			ul.arrived = min(int(sum(m, "sipside_dmq_usrloc_contacts")-sum(before, "sipside_dmq_usrloc_contacts")), ul.sent)
+			if ul.arrived < ul.sent {
+				return fmt.Errorf("%d contacts", ul.arrived)
+			}
+			return nil
+		})
+		flows = append(flows, ul)
+
 		// 5. Each node's script publishes through the bridge (janssonrpcc -> amqp.publish).
 		// janssonrpcc connects at startup and then retries with a growing
 		// pause; Kamailio started before sipside, so wait for both connections.
