@@ -27,7 +27,9 @@ func TestLabScenario(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), 4*time.Minute)
 	defer cancel()
-	st, sipside, err := start(ctx, t.TempDir())
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{Events: []string{"E_SIPSIDE_LAB", "E_AMQP_ROUTE_REQ"}, StreamReliable: true})
+	raiseOpenSIPS = o.Raise
+	st, sipside, err := start(ctx, t.TempDir(), o.Target("udp"))
 	if sipside != nil {
 		defer func() {
 			sipside.Process.Signal(syscall.SIGTERM) // our child, by pid

@@ -11,9 +11,8 @@
 //
 // Run it from the repository root (it builds ./cmd/sipside). State lives in
 // $SIPSIDE_LAB_DIR (default /tmp/sipside-lab): state.json, lab.log, sipside's
-// log and spool. OpenSIPS is not part of this lab: testenv's emulator lives in
-// tests only, and a real OpenSIPS is covered by contrib/lab/opensips.cfg and
-// the docker-compose lab.
+// log and spool. OpenSIPS joins only under `go test ./testenv/lab`: testenv's
+// OpenSIPS (its emulator, or a real one with OPENSIPS_BIN) needs a testing.T.
 package main
 
 import (
@@ -50,8 +49,15 @@ type State struct {
 	NodeA      Node   `json:"node_a"`       // Kamailio
 	NodeB      Node   `json:"node_b"`       // Kamailio
 	DMQCLIPort int    `json:"dmq_cli_port"` // for `sipside dmq` one-shots
-	Wired      bool   `json:"wired"`        // sipside run took [dmq]
+	Wired      bool   `json:"wired"`        // sipside run took [dmq], [amqp], [jsonrpc]
+	BridgeTCP  string `json:"bridge_tcp"`   // the bridge's raw-JSON listener (OpenSIPS jsonrpc module)
+	OpenSIPS   string `json:"opensips"`     // MI target; "" when the lab has no OpenSIPS
+	OSQueue    string `json:"os_queue"`     // where OpenSIPS events end up
 }
+
+// raiseOpenSIPS raises an event in the lab's OpenSIPS (set by the test, which
+// has testenv's OpenSIPS emulator or a real OpenSIPS under OPENSIPS_BIN).
+var raiseOpenSIPS func(name, params string) error
 
 // Node is one Kamailio of the pair.
 type Node struct {
@@ -119,7 +125,7 @@ func up(dir string, once bool) (err error) {
 	defer stop()
 	startCtx, cancel := context.WithTimeout(ctx, 3*time.Minute)
 	defer cancel()
-	st, sipside, err := start(startCtx, dir)
+	st, sipside, err := start(startCtx, dir, "")
 	if sipside != nil {
 		defer func() {
 			sipside.Process.Signal(syscall.SIGTERM) // our child, by pid
@@ -340,8 +346,9 @@ event_route[xhttp:request] {
 
 // start brings everything up and writes the state file; the returned command
 // is sipside, for the caller to stop.
-func start(ctx context.Context, dir string) (*State, *exec.Cmd, error) {
-	st := &State{Pid: os.Getpid(), Dir: dir, Queue: "lab_registrations"}
+// opensips is an OpenSIPS MI target to subscribe at and deliver to, or "".
+func start(ctx context.Context, dir, opensips string) (*State, *exec.Cmd, error) {
+	st := &State{Pid: os.Getpid(), Dir: dir, Queue: "lab_registrations", OpenSIPS: opensips, OSQueue: "lab_opensips"}
 
 	st.Sipside = filepath.Join(dir, "sipside")
 	build := exec.CommandContext(ctx, "go", "build", "-o", st.Sipside, "./cmd/sipside")
@@ -378,12 +385,15 @@ func start(ctx context.Context, dir string) (*State, *exec.Cmd, error) {
 		return nil, nil, fmt.Errorf("rabbitmq: %w", err)
 	}
 	st.RabbitURL = rabbit.URL
-	if err := declareQueue(rabbit.URL, st.Queue); err != nil {
-		return nil, nil, err
+	for _, q := range []string{st.Queue, st.OSQueue} {
+		if err := declareQueue(rabbit.URL, q); err != nil {
+			return nil, nil, err
+		}
 	}
 
 	st.HTTP = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort("tcp", "127.0.0.1")))
 	st.DMQCLIPort = freePort("udp", "127.0.0.1")
+	bridgeTCP := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort("tcp", "127.0.0.1")))
 	base := fmt.Sprintf(`[http]
 listen = %q
 [spool]
@@ -401,6 +411,32 @@ name = "watch"
 events = ["E_DMQ_*"]
 to = "stdout:"
 `, st.HTTP, filepath.Join(dir, "spool"), evA, evB, rabbit.Port, st.Queue, filepath.Join(dir, "registrations.log"))
+	if opensips != "" {
+		// As contrib/lab: event_datagram and a reliable event_stream, both
+		// subscribed by sipside; the events go to their own queue.
+		udpIn := fmt.Sprintf("udp:127.0.0.1:%d", freePort("udp", "127.0.0.1"))
+		tcpIn := fmt.Sprintf("tcp:127.0.0.1:%d", freePort("tcp", "127.0.0.1"))
+		base += fmt.Sprintf(`[[input]]
+listen = %q
+[[input]]
+listen = %q
+reply_timeout = "900ms"
+[[subscribe]]
+target = %q
+events = ["E_AMQP_ROUTE_REQ"]
+socket = %q
+check_interval = "1s"
+[[subscribe]]
+target = %q
+events = ["E_SIPSIDE_LAB"]
+socket = %q
+check_interval = "1s"
+[[route]]
+name = "opensips"
+events = ["E_SIPSIDE_LAB", "E_AMQP_ROUTE_REQ"]
+to = "rabbitmq:guest:guest@127.0.0.1:%d/%s"
+`, udpIn, tcpIn, opensips, udpIn, opensips, tcpIn, rabbit.Port, st.OSQueue)
+	}
 	wired := base + fmt.Sprintf(`[dmq]
 listen = "sip:127.0.0.1:%d"
 seeds = ["sip:%s"]
@@ -409,8 +445,18 @@ peers = ["htable", "usrloc"]
 [amqp]
 brokers = [%q]
 [jsonrpc]
-listen = ["netstring:127.0.0.1:%d"]
-`, freePort("udp", "127.0.0.1"), a.SIPAddr(), rabbit.URL, bridge)
+listen = ["netstring:127.0.0.1:%d", "tcp:%s"]
+`, freePort("udp", "127.0.0.1"), a.SIPAddr(), rabbit.URL, bridge, bridgeTCP)
+	if opensips != "" {
+		// Messages for OpenSIPS: MI raise_event, as contrib/lab's consumer.
+		wired += fmt.Sprintf(`[[amqp.consume]]
+exchange = "lab_cmd"
+routing_key = "route.req.#"
+ack = "delivered"
+deliver = %q
+event = "E_AMQP_ROUTE_REQ"
+`, opensips)
+	}
 	cfg := filepath.Join(dir, "sipside.toml")
 	os.WriteFile(cfg, []byte(wired), 0o644)
 	st.Wired = true
@@ -422,6 +468,9 @@ listen = ["netstring:127.0.0.1:%d"]
 		// CLI covers DMQ; the scripts' bridge calls are left out.
 		os.WriteFile(cfg, []byte(base), 0o644)
 		st.Wired = false
+	}
+	if st.Wired {
+		st.BridgeTCP = bridgeTCP
 	}
 	logf, err := os.Create(filepath.Join(dir, "sipside.log"))
 	if err != nil {
@@ -613,4 +662,47 @@ func responder(url, queue string) (stop func(), err error) {
 		}
 	}()
 	return func() { c.Close() }, nil
+}
+
+// jsonrpcRaw calls the bridge as OpenSIPS's jsonrpc module does: a new TCP
+// connection per call, one raw JSON request, one raw JSON reply.
+func jsonrpcRaw(ctx context.Context, addr, method, params string) (string, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	if _, err := fmt.Fprintf(c, `{"id":7,"jsonrpc":"2.0","method":%q,"params":%s}`, method, params); err != nil {
+		return "", err
+	}
+	var r struct {
+		Result json.RawMessage `json:"result"`
+		Error  json.RawMessage `json:"error"`
+	}
+	if err := json.NewDecoder(c).Decode(&r); err != nil {
+		return "", err
+	}
+	if len(r.Error) > 0 {
+		return "", fmt.Errorf("%s", r.Error)
+	}
+	return string(r.Result), nil
+}
+
+// publish sends one message with sipside's own AMQP code path's peer: a plain client.
+func publish(url, exchange, key, body string) error {
+	c, err := amqp.Dial(url)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	ch, err := c.Channel()
+	if err != nil {
+		return err
+	}
+	if err := ch.ExchangeDeclare(exchange, "topic", false, false, false, false, nil); err != nil {
+		return err
+	}
+	return ch.Publish(exchange, key, false, false, amqp.Publishing{ContentType: "application/json", Body: []byte(body)})
 }

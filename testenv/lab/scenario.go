@@ -201,13 +201,66 @@ func scenario(ctx context.Context, st *State, w io.Writer) error {
 		flows = append(flows, qf)
 	}
 
+	if st.BridgeTCP != "" {
+		// 7. The OpenSIPS jsonrpc module's way: raw JSON over a new TCP connection.
+		oj := &flow{name: "OpenSIPS-style jsonrpc_request amqp.publish -> bridge -> RabbitMQ"}
+		d0, _ := queueDepth(st.RabbitURL, st.OSQueue)
+		for i := range n {
+			oj.sent++
+			if _, err := jsonrpcRaw(ctx, st.BridgeTCP, "amqp.publish", fmt.Sprintf(`{"exchange":"","routing_key":%q,"payload":{"n":%d}}`, st.OSQueue, i)); err != nil {
+				oj.failures = append(oj.failures, err.Error())
+			}
+		}
+		waitQueue(ctx, st, st.OSQueue, d0, oj)
+		flows = append(flows, oj)
+	}
+
+	if st.OpenSIPS != "" && raiseOpenSIPS != nil {
+		// 8. OpenSIPS events over the reliable stream sipside subscribed.
+		if err := waitFor(ctx, 15*time.Second, func() error {
+			m, err := metrics(st.HTTP)
+			if err == nil && sum(m, "sipside_subscription_up") < 2 {
+				err = fmt.Errorf("%.0f of 2 subscriptions up", sum(m, "sipside_subscription_up"))
+			}
+			return err
+		}); err != nil {
+			flows = append(flows, &flow{name: "OpenSIPS subscriptions", sent: 2, failures: []string{err.Error()}})
+		}
+		oe := &flow{name: "OpenSIPS raise_event -> event_stream (reliable) -> sipside -> RabbitMQ"}
+		d0, _ := queueDepth(st.RabbitURL, st.OSQueue)
+		for i := range n {
+			oe.sent++
+			if err := raiseOpenSIPS("E_SIPSIDE_LAB", fmt.Sprintf(`{"n":%d}`, i)); err != nil {
+				oe.failures = append(oe.failures, err.Error())
+			}
+		}
+		waitQueue(ctx, st, st.OSQueue, d0, oe)
+		flows = append(flows, oe)
+
+		if st.Wired {
+			// 9. RabbitMQ -> sipside consumer -> MI raise_event -> OpenSIPS -> back to sipside.
+			oc := &flow{name: "RabbitMQ -> consumer -> OpenSIPS raise_event -> sipside -> RabbitMQ"}
+			d0, _ := queueDepth(st.RabbitURL, st.OSQueue)
+			for i := range n {
+				oc.sent++
+				if err := publish(st.RabbitURL, "lab_cmd", "route.req.lab", fmt.Sprintf(`{"n":%d}`, i)); err != nil {
+					oc.failures = append(oc.failures, err.Error())
+				}
+			}
+			waitQueue(ctx, st, st.OSQueue, d0, oc)
+			flows = append(flows, oc)
+		}
+	}
+
 	after, err := metrics(st.HTTP)
 	if err != nil {
 		return err
 	}
-	ev := &flow{name: "sipside events (metrics delta)"}
+	ev := &flow{name: "sipside events received -> delivered (metrics delta)"}
 	ev.sent = int(sum(after, "sipside_events_received_total") - sum(before, "sipside_events_received_total"))
-	ev.arrived = int(sum(after, "sipside_events_delivered_total", `route="registrations"`) - sum(before, "sipside_events_delivered_total", `route="registrations"`))
+	for _, r := range []string{`route="registrations"`, `route="opensips"`} { // the routes of the inputs' events
+		ev.arrived += int(sum(after, "sipside_events_delivered_total", r) - sum(before, "sipside_events_delivered_total", r))
+	}
 	if f := sum(after, "sipside_events_failed_total") - sum(before, "sipside_events_failed_total"); f > 0 {
 		ev.failures = append(ev.failures, fmt.Sprintf("%.0f failed deliveries (see sipside.log)", f))
 	}
@@ -236,7 +289,9 @@ func scenario(ctx context.Context, st *State, w io.Writer) error {
 	if !st.Wired {
 		fmt.Fprintln(w, "not covered yet: sipside run takes no [dmq]/[amqp]/[jsonrpc] (the daemon's DMQ node and the scripts' AMQP bridge); DMQ went through the CLI")
 	}
-	fmt.Fprintln(w, "not covered: OpenSIPS (the emulator lives in tests; see contrib/lab/ and docker-compose.yml)")
+	if st.OpenSIPS == "" {
+		fmt.Fprintln(w, "not covered: OpenSIPS (go test ./testenv/lab runs it with testenv's OpenSIPS, the emulator or OPENSIPS_BIN)")
+	}
 	if bad > 0 {
 		return fmt.Errorf("%d flow(s) failed", bad)
 	}
@@ -275,4 +330,16 @@ func sipRequest(ctx context.Context, to, method, user, body string) (int, error)
 			return code, nil
 		}
 	}
+}
+
+// waitQueue waits until queue grew by f.sent messages from d0 and records how many arrived.
+func waitQueue(ctx context.Context, st *State, queue string, d0 int, f *flow) {
+	waitFor(ctx, 10*time.Second, func() error {
+		d, err := queueDepth(st.RabbitURL, queue)
+		f.arrived = d - d0
+		if err == nil && f.arrived < f.sent {
+			err = fmt.Errorf("%d of %d", f.arrived, f.sent)
+		}
+		return err
+	})
 }
