@@ -135,6 +135,7 @@ func up(dir string, once bool) (err error) {
 	if err != nil {
 		return err
 	}
+	defer os.Remove(filepath.Join(dir, "state.json")) // logs stay for a look afterwards
 	fmt.Printf("lab up (pid %d):\n  RabbitMQ   %s\n  Kamailio A sip:%s  rpc %s\n  Kamailio B sip:%s  rpc %s\n  sipside    http://%s/metrics  (log %s)\n",
 		st.Pid, st.RabbitURL, st.NodeA.SIP, st.NodeA.RPC, st.NodeB.SIP, st.NodeB.RPC, st.HTTP, filepath.Join(dir, "sipside.log"))
 	if once {
@@ -144,7 +145,6 @@ func up(dir string, once bool) (err error) {
 	}
 	fmt.Println("lab: running until SIGTERM (go run ./testenv/lab down) or Ctrl-C")
 	<-ctx.Done()
-	os.Remove(filepath.Join(dir, "state.json"))
 	return nil
 }
 
