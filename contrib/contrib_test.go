@@ -697,8 +697,9 @@ func TestKamailioConfigs(t *testing.T) {
 // TestLabKamailioRuns starts contrib/lab/kamailio.cfg as the compose file
 // does (node A, and node B with -A NODE_B), with the lab's addresses moved to
 // 127.0.0.131/.132, runs the compose healthcheck command against each node,
-// and checks the pair for real: a REGISTER on A is relayed over evapi and its
-// htable write reaches B over DMQ.
+// and checks the pair for real: a REGISTER on A is relayed over evapi, a
+// message as sipside's consumer delivers it over evapi makes the script write
+// htable, and both htable writes reach B over DMQ.
 func TestLabKamailioRuns(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts two Kamailio nodes")
@@ -795,22 +796,39 @@ func TestLabKamailioRuns(t *testing.T) {
 		t.Errorf("evapi relayed %q", got)
 	}
 
+	// sipside's consumer delivers over evapi: the script writes the cell.
+	msg := fmt.Sprintf(`{"event":"amqp","exchange":"kamailio_cmd","routing_key":"cmd.set","body":{"cmd":"set","key":"k-%s","value":"v-%s"}}`, user, user)
+	if _, err := fmt.Fprintf(ev, "%d:%s,", len(msg), msg); err != nil {
+		t.Fatalf("evapi write: %v", err)
+	}
+	if err := poll(t, 5*time.Second, func() error {
+		return rpcHas("http://127.0.0.132:5071/RPC", "k-"+user, "v-"+user)
+	}); err != nil {
+		t.Errorf("evapi message -> htable on A -> DMQ -> B: %v", err)
+	}
+
 	// DMQ: A's $sht(repl=>last_register) reaches B.
 	if err := poll(t, 10*time.Second, func() error {
-		body := `{"jsonrpc":"2.0","method":"htable.get","params":["repl","last_register"],"id":1}`
-		resp, err := http.Post("http://127.0.0.132:5071/RPC", "application/json", strings.NewReader(body))
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		b, _ := io.ReadAll(resp.Body)
-		if !bytes.Contains(b, []byte(user)) {
-			return fmt.Errorf("B: %s", b)
-		}
-		return nil
+		return rpcHas("http://127.0.0.132:5071/RPC", "last_register", user)
 	}); err != nil {
 		t.Errorf("htable over DMQ: %v", err)
 	}
+}
+
+// rpcHas asks a Kamailio node for htable cell repl=>key over jsonrpcs and
+// wants value in the answer.
+func rpcHas(url, key, value string) error {
+	body := fmt.Sprintf(`{"jsonrpc":"2.0","method":"htable.get","params":["repl",%q],"id":1}`, key)
+	resp, err := http.Post(url, "application/json", strings.NewReader(body))
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if !bytes.Contains(b, []byte(value)) {
+		return fmt.Errorf("%s: %s", url, b)
+	}
+	return nil
 }
 
 // startOwn starts a process in its own process group and stops the group,
