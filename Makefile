@@ -6,7 +6,7 @@ TEST_TIMEOUT ?= 30m
 FUZZTIME ?= 10s
 BENCHTIME ?= 1s
 
-.PHONY: all build run test test-short deps bench fuzz lint clean
+.PHONY: all build run test test-short deps bench fuzz lint clean lab lab-down
 
 all: build
 
@@ -45,6 +45,17 @@ fuzz:
 	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) $$pkg; \
 	  done; \
 	done
+
+# The lab without Docker: a private RabbitMQ, a Kamailio DMQ pair with evapi and
+# janssonrpcc, and sipside on loopback; runs the scenario and prints what went
+# where. Leaves it running; 'make lab-down' stops it by pid.
+lab: deps
+	$(GO) build -o bin/sipside-lab ./testenv/lab
+	bin/sipside-lab up -d
+	bin/sipside-lab scenario
+
+lab-down:
+	bin/sipside-lab down
 
 lint:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); exit 1; }
