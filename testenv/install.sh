@@ -76,11 +76,12 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-# prometheus is only wanted for promtool: without its recommends (node exporter, alertmanager…).
+# prometheus is only wanted for promtool, chromium only headless: without their recommends
+# (node exporter, alertmanager, fonts and desktop bits).
 with_rec="" without_rec=""
 for p in $missing; do
 	case $p in
-	prometheus) without_rec="$without_rec $p" ;;
+	prometheus | chromium) without_rec="$without_rec $p" ;;
 	*) with_rec="$with_rec $p" ;;
 	esac
 done
