@@ -265,6 +265,8 @@ loadmodule "dmq_usrloc.so"
 loadmodule "evapi.so"
 loadmodule "jansson.so"
 loadmodule "janssonrpcc.so"
+loadmodule "rr.so"
+loadmodule "dialog.so"
 modparam("ctl", "binrpc", "unix:{{.CtlSock}}")
 modparam("jsonrpcs", "pretty_format", 0)
 modparam("jsonrpcs", "transport", 7)
@@ -282,6 +284,8 @@ modparam("htable", "htable", "repl=>size=8;autoexpire=0;dmqreplicate=1")
 modparam("usrloc", "db_mode", 0)
 modparam("dmq_usrloc", "enable", 1)
 modparam("dmq_usrloc", "sync", 1)
+modparam("dialog", "enable_dmq", 1)
+modparam("dialog", "dlg_flag", 4)
 modparam("evapi", "bind_addr", "{{.Addr}}:{{.Vars.evapi}}")
 modparam("evapi", "netstring_format", 1)
 modparam("evapi", "workers", 1)
@@ -321,6 +325,30 @@ request_route {
 	if ($rm == "OPTIONS") {
 		sl_send_reply("200", "OK");
 		exit;
+	}
+	# A call to a registered user: tracked by the dialog module, which
+	# replicates it over DMQ to the peer node and to sipside.
+	if (is_method("INVITE") && !has_totag()) {
+		setflag(4);
+		record_route();
+		if (!lookup("location")) {
+			sl_send_reply("404", "Not Found");
+			exit;
+		}
+		t_relay();
+		exit;
+	}
+	if (has_totag()) {
+		# sipp's built-in UAC sends ACK and BYE without Route headers, to
+		# this node: find the callee again.
+		if (loose_route() || lookup("location")) {
+			t_relay();
+			exit;
+		}
+		if (is_method("ACK") && t_check_trans()) {
+			t_relay();
+			exit;
+		}
 	}
 	sl_send_reply("404", "Not here");
 }
@@ -441,7 +469,7 @@ to = "rabbitmq:guest:guest@127.0.0.1:%d/%s"
 listen = "sip:127.0.0.1:%d"
 seeds = ["sip:%s"]
 ping_interval = "5s"
-peers = ["htable", "usrloc"]
+peers = ["htable", "usrloc", "dialog"]
 [amqp]
 brokers = [%q]
 [jsonrpc]

@@ -252,6 +252,10 @@ func scenario(ctx context.Context, st *State, w io.Writer) error {
 		}
 	}
 
+	if st.Wired {
+		flows = append(flows, sippCall(ctx, st, before))
+	}
+
 	after, err := metrics(st.HTTP)
 	if err != nil {
 		return err
@@ -300,17 +304,26 @@ func scenario(ctx context.Context, st *State, w io.Writer) error {
 
 // sipRequest sends one request over UDP and returns the final status code.
 func sipRequest(ctx context.Context, to, method, user, body string) (int, error) {
+	return sipRequestContact(ctx, to, method, user, "", body)
+}
+
+// sipRequestContact is sipRequest with the Contact's host:port given ("" =
+// the request's own socket).
+func sipRequestContact(ctx context.Context, to, method, user, contact, body string) (int, error) {
 	c, err := net.Dial("udp", to)
 	if err != nil {
 		return 0, err
 	}
 	defer c.Close()
 	local := c.LocalAddr().String()
+	if contact == "" {
+		contact = local
+	}
 	host, _, _ := net.SplitHostPort(to)
 	tag := rand.Uint32()
 	msg := fmt.Sprintf("%s sip:%s@%s SIP/2.0\r\nVia: SIP/2.0/UDP %s;branch=z9hG4bK%x;rport\r\nMax-Forwards: 70\r\n"+
 		"From: <sip:%s@lab>;tag=%x\r\nTo: <sip:%s@lab>\r\nCall-ID: %x@lab\r\nCSeq: 1 %s\r\nContact: <sip:%s@%s>\r\nExpires: 300\r\n"+
-		"Content-Length: %d\r\n\r\n%s", method, user, host, local, tag, user, tag, user, tag, method, user, local, len(body), body)
+		"Content-Length: %d\r\n\r\n%s", method, user, host, local, tag, user, tag, user, tag, method, user, contact, len(body), body)
 	deadline := time.Now().Add(3 * time.Second)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -342,4 +355,58 @@ func waitQueue(ctx context.Context, st *State, queue string, d0 int, f *flow) {
 		}
 		return err
 	})
+}
+
+// sippCall places one call with sipp through node A to a sipp UAS
+// registered there: the dialog module replicates it over DMQ, and sipside
+// run's DMQ node receives the dialog messages.
+func sippCall(ctx context.Context, st *State, before map[string]float64) *flow {
+	f := &flow{name: "sipp call via A -> dialog over DMQ -> sipside run", sent: 1}
+	sipp, err := exec.LookPath("sipp")
+	if err != nil {
+		f.failures = append(f.failures, "sipp is not installed (apt-get install sip-tester)")
+		return f
+	}
+	uasPort, uacPort := freePort("udp", "127.0.0.1"), freePort("udp", "127.0.0.1")
+	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	uas := exec.CommandContext(cctx, sipp, "-sn", "uas", "-i", "127.0.0.1", "-p", fmt.Sprint(uasPort), "-m", "1", "-nostdin", "-timeout", "25s")
+	if err := uas.Start(); err != nil {
+		f.failures = append(f.failures, "sipp uas: "+err.Error())
+		return f
+	}
+	defer func() { cancel(); uas.Wait() }()
+	if code, err := sipRequestContact(ctx, st.NodeA.SIP, "REGISTER", "labcallee", fmt.Sprintf("127.0.0.1:%d", uasPort), ""); err != nil || code != 200 {
+		f.failures = append(f.failures, fmt.Sprintf("REGISTER labcallee: %d %v", code, err))
+		return f
+	}
+	out, err := exec.CommandContext(cctx, sipp, "-sn", "uac", "-s", "labcallee", "-i", "127.0.0.1", "-p", fmt.Sprint(uacPort),
+		"-m", "1", "-d", "500", "-nostdin", "-timeout", "20s", st.NodeA.SIP).CombinedOutput()
+	if err != nil {
+		f.failures = append(f.failures, fmt.Sprintf("sipp uac: %v: %s", err, lastLine(string(out))))
+		return f
+	}
+	waitFor(ctx, 10*time.Second, func() error {
+		m, err := metrics(st.HTTP)
+		if err != nil {
+			return err
+		}
+		if sum(m, "sipside_dmq_messages_total", `channel="dialog"`, `direction="in"`) <= sum(before, "sipside_dmq_messages_total", `channel="dialog"`, `direction="in"`) {
+			return fmt.Errorf("no dialog message yet")
+		}
+		f.arrived = 1
+		return nil
+	})
+	if f.arrived == 0 {
+		f.failures = append(f.failures, "sipside received no KDMQ dialog message for the call")
+	}
+	return f
+}
+
+func lastLine(s string) string {
+	s = strings.TrimSpace(s)
+	if i := strings.LastIndex(s, "\n"); i >= 0 {
+		return s[i+1:]
+	}
+	return s
 }
