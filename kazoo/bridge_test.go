@@ -14,6 +14,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sipside/sipside/testenv"
 )
 
 // The same query over the three listeners, framed as each proxy frames it.
@@ -382,7 +384,7 @@ func TestQueryFailover(t *testing.T) {
 	startResponder(t, u, "fo.q", &responder{})
 	uri, _ := amqp.ParseURI(u)
 	target := net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))
-	a, bp := newCutProxy(t, target), newCutProxy(t, target)
+	a, bp := testenv.NewCutProxy(t, target), testenv.NewCutProxy(t, target)
 	b, _ := startBridge(t, viaProxy(t, u, a), func(c *Config) {
 		c.AMQP.Brokers = append(c.AMQP.Brokers, viaProxy(t, u, bp))
 		c.AMQP.Heartbeat = Duration(time.Second)
@@ -489,7 +491,7 @@ func TestConsumersAfterFailover(t *testing.T) {
 	startResponder(t, u, "kzfo.q", &responder{kazoo: true})
 	uri, _ := amqp.ParseURI(u)
 	target := net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))
-	a, bp := newCutProxy(t, target), newCutProxy(t, target)
+	a, bp := testenv.NewCutProxy(t, target), testenv.NewCutProxy(t, target)
 	rec := &recorder{}
 	b, _ := startBridge(t, viaProxy(t, u, a), func(c *Config) {
 		c.AMQP.Brokers = append(c.AMQP.Brokers, viaProxy(t, u, bp))

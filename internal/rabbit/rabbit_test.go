@@ -129,7 +129,7 @@ func TestPublishConcurrentMixed(t *testing.T) {
 }
 
 func TestPublishHonoursDeadlineWhenNoBroker(t *testing.T) {
-	ln := newCutProxy(t, "127.0.0.1:1") // nothing listens behind it
+	ln := testenv.NewCutProxy(t, "127.0.0.1:1") // nothing listens behind it
 	m := startManager(t, Config{URLs: []string{"amqp://guest:guest@" + ln.Addr() + "/"}, Name: "t-nobroker"})
 	p, err := m.NewPublisher(context.Background(), PublisherOptions{})
 	if err != nil {
@@ -152,7 +152,7 @@ func TestPublishHonoursDeadlineWhenNoBroker(t *testing.T) {
 func TestFailoverMidTraffic(t *testing.T) {
 	u := brokerURL(t)
 	target := hostPort(t, u)
-	a, b := newCutProxy(t, target), newCutProxy(t, target)
+	a, b := testenv.NewCutProxy(t, target), testenv.NewCutProxy(t, target)
 	var hooks atomic.Int64
 	m := startManager(t, Config{
 		URLs: []string{withHost(t, u, a.Addr()), withHost(t, u, b.Addr())},
