@@ -1,11 +1,73 @@
 package main
 
-import "context"
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"text/tabwriter"
 
-func cmdBench(_ context.Context, e *env, args []string) int {
-	if len(args) > 0 && (args[0] == "-h" || args[0] == "--help") {
-		e.stderr.Write([]byte("Usage: sipside bench\n\nMeasures sipside's hot paths on this machine. Not built yet: run 'make bench'\n(go test -bench) for the same figures.\n\nExample:\n  make bench\n"))
-		return exitOK
+	"github.com/sipside/sipside/evi"
+)
+
+const benchHelp = `Usage: sipside bench [--events N] [--to 'SOCKET STRING']...
+
+Measures sipside's event path on this machine, in process and on loopback:
+the udp input -> parse -> route -> backend, beside a baseline that only
+reads the same UDP socket, with the same OpenSIPS E_UL_CONTACT_INSERT
+payload and at most 128 events in flight. Each --to adds a backend to
+measure (e.g. a RabbitMQ socket string); stdout: (discarded) is always
+measured. Prints events/s, allocations per event and the share lost.
+The Go benchmarks ('make bench') measure the rest, each beside its baseline.
+
+Flags:
+`
+
+func cmdBench(ctx context.Context, e *env, args []string) int {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	n := fs.Int("events", 100000, "events per path")
+	var tos listFlag
+	fs.Var(&tos, "to", "a backend `SOCKET STRING` to measure as well; repeatable")
+	fs.Usage = func() {
+		fmt.Fprint(e.stderr, benchHelp)
+		fs.PrintDefaults()
+		fmt.Fprint(e.stderr, "\nExample:\n  sipside bench --events 200000 --to rabbitmq:guest:guest@127.0.0.1:5672/sipside_bench\n")
 	}
-	return notBuilt(e, "bench", "the in-binary benchmark (use 'make bench')")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if *n < 1 || fs.NArg() > 0 {
+		fs.Usage()
+		return exitUsage
+	}
+	type run struct {
+		name string
+		fn   func() (evi.BenchResult, error)
+	}
+	runs := []run{
+		{"baseline", func() (evi.BenchResult, error) { return evi.BenchUDPRead(ctx, *n) }},
+		{"stdout:", func() (evi.BenchResult, error) { return evi.BenchUDPPipeline(ctx, *n, "stdout:", io.Discard) }},
+	}
+	for _, to := range tos {
+		runs = append(runs, run{evi.Redact(to), func() (evi.BenchResult, error) { return evi.BenchUDPPipeline(ctx, *n, to, io.Discard) }})
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "path\tevents\tevents/s\tallocs/event\tlost")
+	code := exitOK
+	for _, r := range runs {
+		res, err := r.fn()
+		if err != nil {
+			fmt.Fprintf(e.stderr, "sipside bench: %s: %v\n", r.name, err)
+			code = exitFailure
+			continue
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.1f\t%.2f %%\n", res.Path, res.Events, res.Rate(), res.AllocsPerEvent(), res.Lost())
+	}
+	tw.Flush()
+	return code
 }

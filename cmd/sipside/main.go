@@ -91,9 +91,3 @@ Commands:
 Run 'sipside COMMAND --help' for a command's flags and an example.
 `)
 }
-
-// notBuilt is the answer of a capability that a later release fills in.
-func notBuilt(e *env, name, what string) int {
-	fmt.Fprintf(e.stderr, "sipside %s: %s is not built yet in this version\n", name, what)
-	return exitUsage
-}
