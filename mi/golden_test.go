@@ -7,11 +7,12 @@ import (
 	"net/url"
 	"os"
 	"regexp"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/valyala/fastjson"
+
+	"github.com/sipside/sipside/testenv"
 )
 
 // The golden files are the recordings of real tools talking to a real OpenSIPS 3.6.8
@@ -26,35 +27,13 @@ type wireRequest struct {
 	body []byte // the JSON-RPC request inside
 }
 
-// pyRepr decodes a Python bytes repr: b'...'.
+// pyRepr decodes a Python bytes repr of the captures, failing the test on
+// a malformed one.
 func pyRepr(t *testing.T, s string) []byte {
 	t.Helper()
-	s = strings.TrimSpace(s)
-	if len(s) < 3 || s[0] != 'b' {
-		t.Fatalf("not a bytes repr: %.40q", s)
-	}
-	s = s[2 : len(s)-1]
-	var b []byte
-	for i := 0; i < len(s); i++ {
-		if s[i] != '\\' {
-			b = append(b, s[i])
-			continue
-		}
-		i++
-		switch s[i] {
-		case 'n':
-			b = append(b, '\n')
-		case 'r':
-			b = append(b, '\r')
-		case 't':
-			b = append(b, '\t')
-		case 'x':
-			n, _ := strconv.ParseUint(s[i+1:i+3], 16, 8)
-			b = append(b, byte(n))
-			i += 2
-		default:
-			b = append(b, s[i])
-		}
+	b, err := testenv.PyBytes(s)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return b
 }

@@ -30,38 +30,13 @@ type exchange struct {
 	reply []byte
 }
 
-// pyBytes decodes a Python bytes repr such as b'{"a":"\\n"}\n'.
+// pyBytes decodes a Python bytes repr of the captures, failing the test on
+// a malformed one.
 func pyBytes(t *testing.T, s string) []byte {
 	t.Helper()
-	s = strings.TrimSpace(s)
-	if !strings.HasPrefix(s, "b'") && !strings.HasPrefix(s, `b"`) {
-		t.Fatalf("not a bytes repr: %.40s", s)
-	}
-	s = s[2 : len(s)-1]
-	var b []byte
-	for i := 0; i < len(s); i++ {
-		if s[i] != '\\' {
-			b = append(b, s[i])
-			continue
-		}
-		i++
-		switch s[i] {
-		case 'n':
-			b = append(b, '\n')
-		case 'r':
-			b = append(b, '\r')
-		case 't':
-			b = append(b, '\t')
-		case 'x':
-			n, err := strconv.ParseUint(s[i+1:i+3], 16, 8)
-			if err != nil {
-				t.Fatalf("bad \\x escape in %q", s)
-			}
-			b = append(b, byte(n))
-			i += 2
-		default:
-			b = append(b, s[i])
-		}
+	b, err := testenv.PyBytes(s)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return b
 }
