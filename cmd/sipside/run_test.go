@@ -342,8 +342,13 @@ func TestRunReopensFilesOnHUP(t *testing.T) {
 	if err := os.Rename(logPath, logPath+".1"); err != nil {
 		t.Fatal(err)
 	}
+	// A broken config on the same SIGHUP: the reload is refused and the
+	// running route (and its open file) stays, so only the reopen can move
+	// the next event to a new file.
+	good, _ := os.ReadFile(cfgPath)
+	os.WriteFile(cfgPath, append(good, []byte("[log]\nlevel = \"loud\"\n")...), 0o644)
 	d.cmd.Process.Signal(syscall.SIGHUP)
-	d.waitLog(t, "config reloaded")
+	d.waitLog(t, "config reload refused")
 	conn.Write([]byte(`{"jsonrpc":"2.0","method":"E_MY_EVENT","params":["a","b"]}`))
 	checkFor(t, 5*time.Second, "a line in the new file", func() bool { b, _ := os.ReadFile(logPath); return string(b) == "E_MY_EVENT,a,b\n" })
 	if b, _ := os.ReadFile(logPath + ".1"); string(b) != "E_MY_EVENT,v w,1\n" {
