@@ -255,3 +255,26 @@ func FuzzStreamInput(f *testing.F) {
 		}
 	})
 }
+
+// A line longer than max_frame is skipped and counted; the lines after it
+// are still read.
+func TestStdinInputLongLine(t *testing.T) {
+	m := NewMetrics(metrics.New())
+	long := `{"method":"E_LONG","params":["` + strings.Repeat("x", 200000) + `"]}`
+	lines := `{"method":"E_BEFORE"}` + "\n" + long + "\n" + `{"method":"E_AFTER"}` + "\r\n" + `{"method":"E_LAST"}`
+	in, err := OpenInput(Listen{Proto: "stdin"}, InputConfig{MaxFrame: 100000}, Deps{Stdin: strings.NewReader(lines)}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink := &collect{}
+	if err := in.Run(context.Background(), sink); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, ev := range sink.evs {
+		got = append(got, ev.Name)
+	}
+	if strings.Join(got, " ") != "E_BEFORE E_AFTER E_LAST" || m.Invalid.With("stdin:").Value() != 1 {
+		t.Errorf("events %q, invalid %d", got, m.Invalid.With("stdin:").Value())
+	}
+}
