@@ -54,4 +54,7 @@ func (s *stdoutBackend) flushLocked() error {
 
 func (s *stdoutBackend) Close() error { return s.Flush() }
 
+// immediate tells the router that Deliver only appends to memory.
+func (s *stdoutBackend) immediate() {}
+
 func (s *stdoutBackend) String() string { return "stdout:" }

@@ -269,6 +269,8 @@ func (r *Router) work(rt *route) {
 	r.run(rt, send, window)
 }
 
+func noCancel() {}
+
 // delivered is the outcome of every successful synchronous delivery, shared
 // so that the hot path allocates no closure for it.
 func delivered() error { return nil }
@@ -301,6 +303,9 @@ type inflight struct {
 // delivered when the failed one is replayed: a failure can reorder within
 // one window.
 func (r *Router) run(rt *route, send func(context.Context, *Event) func() error, window int) {
+	// A backend that never waits (stdout:) needs no deadline: a timer per
+	// event would be most of its cost.
+	_, immediate := rt.b.(interface{ immediate() })
 	fl := make(chan inflight, window-1)
 	completed := make(chan struct{})
 	go func() {
@@ -344,7 +349,10 @@ func (r *Router) run(rt *route, send func(context.Context, *Event) func() error,
 			fl <- inflight{ev: ev, spill: true}
 			continue
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(rt.cfg.Timeout))
+		ctx, cancel := context.Background(), context.CancelFunc(noCancel)
+		if !immediate {
+			ctx, cancel = context.WithTimeout(ctx, time.Duration(rt.cfg.Timeout))
+		}
 		fl <- inflight{ev: ev, wait: send(ctx, ev), cancel: cancel}
 		if len(rt.queue) == 0 {
 			r.flush(rt)
