@@ -28,12 +28,7 @@ func TestStatusPageInBrowser(t *testing.T) {
 	}
 	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{})
 	rmq := testenv.SharedRabbitMQ(t)
-	tmpl, err := os.ReadFile("../../dmq/testdata/kamailio-dmq.cfg.tmpl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := testenv.NewKamailio(t, testenv.KamailioConfig{Name: "browser-dmq", Addr: "127.0.0.4", Template: string(tmpl),
-		Vars: map[string]any{"Notify": "", "Ping": 5, "FrTimer": 4000, "UAS": "", "Transport": ""}})
+	k := kamailioDMQNode(t, "browser-dmq", "127.0.0.4")
 	input := fmt.Sprintf("udp:127.0.0.1:%d", testenv.FreePort(t, "udp", "127.0.0.1"))
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t, "tcp", "127.0.0.1"))
 	dir := t.TempDir()

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -44,23 +42,7 @@ func TestDMQAgainstKamailio(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts Kamailio")
 	}
-	tmpl, err := os.ReadFile("../../dmq/testdata/kamailio-dmq.cfg.tmpl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	k, err := testenv.StartKamailio(ctx, testenv.KamailioConfig{
-		Name: "dmqcli", Addr: "127.0.0.2", Template: string(tmpl),
-		Vars: map[string]any{"Notify": "", "Ping": 5, "FrTimer": 4000, "UAS": "", "Transport": ""},
-	})
-	cancel()
-	if errors.Is(err, testenv.ErrNotInstalled) {
-		testenv.Missing(t, "kamailio with the dmq modules", "apt-get install -y kamailio kamailio-extra-modules")
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = k.Close() })
+	k := kamailioDMQNode(t, "dmqcli", "127.0.0.2")
 	seed := "sip:" + k.SIPAddr()
 	listen := func() string { return "sip:127.0.0.1:" + strconv.Itoa(testenv.FreePort(t, "udp", "127.0.0.1")) }
 

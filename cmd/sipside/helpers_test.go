@@ -87,3 +87,16 @@ func sendSIPMessageTo(t *testing.T, to, from, body string) {
 		t.Fatalf("MESSAGE reply: %q %v", buf[:k], err)
 	}
 }
+
+// kamailioDMQNode starts a real Kamailio DMQ node from dmq's test template
+// (htable with dmqreplicate, dmq_usrloc, dialog; short timers), alone on its
+// bus; it is stopped when the test ends.
+func kamailioDMQNode(t *testing.T, name, addr string) *testenv.Kamailio {
+	t.Helper()
+	tmpl, err := os.ReadFile("../../dmq/testdata/kamailio-dmq.cfg.tmpl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return testenv.NewKamailio(t, testenv.KamailioConfig{Name: name, Addr: addr, Template: string(tmpl),
+		Vars: map[string]any{"Notify": "", "Ping": 5, "FrTimer": 4000, "UAS": "", "Transport": ""}})
+}

@@ -22,12 +22,7 @@ import (
 // the Kamailio node becomes an E_DMQ_HTABLE event routed to stdout, the
 // status page lists the nodes, and SIGTERM leaves the bus.
 func TestRunDMQ(t *testing.T) {
-	tmpl, err := os.ReadFile("../../dmq/testdata/kamailio-dmq.cfg.tmpl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	k := testenv.NewKamailio(t, testenv.KamailioConfig{Name: "run-dmq", Addr: "127.0.0.2", Template: string(tmpl),
-		Vars: map[string]any{"Notify": "", "Ping": 5, "FrTimer": 4000, "UAS": "", "Transport": ""}})
+	k := kamailioDMQNode(t, "run-dmq", "127.0.0.2")
 	self := fmt.Sprintf("sip:127.0.0.1:%d", testenv.FreePort(t, "udp", "127.0.0.1"))
 	httpAddr := fmt.Sprintf("127.0.0.1:%d", testenv.FreePort(t, "tcp", "127.0.0.1"))
 	cfg := filepath.Join(t.TempDir(), "sipside.toml")
