@@ -490,7 +490,11 @@ func TestKamailioBus(t *testing.T) {
 			testenv.Missing(t, "sipp", "apt-get install -y sip-tester")
 		}
 		dir := t.TempDir()
-		startSipp(t, sipp, dir, "-sn", "uas", "-i", "127.0.0.1", "-p", strconv.Itoa(b.uasPort), "-m", "1")
+		uas, err := testenv.WriteSippUAS(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		startSipp(t, sipp, dir, "-sf", uas, "-i", "127.0.0.1", "-p", strconv.Itoa(b.uasPort), "-m", "1")
 		// An INVITE relayed before the UAS binds fails the call: wait for the port.
 		checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 			c, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(b.uasPort))

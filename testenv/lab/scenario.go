@@ -6,10 +6,14 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"github.com/sipside/sipside/testenv"
 )
 
 // flow is one line of the summary.
@@ -370,20 +374,42 @@ func sippCall(ctx context.Context, st *State, before map[string]float64) *flow {
 	uasPort, uacPort := freePort("udp", "127.0.0.1"), freePort("udp", "127.0.0.1")
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	uas := exec.CommandContext(cctx, sipp, "-sn", "uas", "-i", "127.0.0.1", "-p", fmt.Sprint(uasPort), "-m", "1", "-nostdin", "-timeout", "25s")
+	uasScenario, err := testenv.WriteSippUAS(st.Dir)
+	if err != nil {
+		f.failures = append(f.failures, "sipp uas scenario: "+err.Error())
+		return f
+	}
+	uas := exec.CommandContext(cctx, sipp, "-sf", uasScenario, "-i", "127.0.0.1", "-p", fmt.Sprint(uasPort), "-m", "1", "-nostdin", "-timeout", "25s")
 	if err := uas.Start(); err != nil {
 		f.failures = append(f.failures, "sipp uas: "+err.Error())
 		return f
 	}
 	defer func() { cancel(); uas.Wait() }()
+	// sipp binds its port some time after exec; under load (CI runs every
+	// package at once) an INVITE relayed before that meets a closed port,
+	// and the UAC sees 477/408 instead of a call.
+	if err := waitFor(ctx, 10*time.Second, func() error { return udpPortTaken("127.0.0.1", uasPort) }); err != nil {
+		f.failures = append(f.failures, "sipp uas never bound its port: "+err.Error())
+		return f
+	}
 	if code, err := sipRequestContact(ctx, st.NodeA.SIP, "REGISTER", "labcallee", fmt.Sprintf("127.0.0.1:%d", uasPort), ""); err != nil || code != 200 {
 		f.failures = append(f.failures, fmt.Sprintf("REGISTER labcallee: %d %v", code, err))
 		return f
 	}
-	out, err := exec.CommandContext(cctx, sipp, "-sn", "uac", "-s", "labcallee", "-i", "127.0.0.1", "-p", fmt.Sprint(uacPort),
-		"-m", "1", "-d", "500", "-nostdin", "-timeout", "20s", st.NodeA.SIP).CombinedOutput()
+	errLog := filepath.Join(st.Dir, fmt.Sprintf("sipp-uac-%d.err", uacPort))
+	uac := exec.CommandContext(cctx, sipp, "-sn", "uac", "-s", "labcallee", "-i", "127.0.0.1", "-p", fmt.Sprint(uacPort),
+		"-m", "1", "-d", "500", "-nostdin", "-timeout", "20s", "-trace_err", "-error_file", errLog, st.NodeA.SIP)
+	uac.Dir = st.Dir
+	out, err := uac.CombinedOutput()
 	if err != nil {
-		f.failures = append(f.failures, fmt.Sprintf("sipp uac: %v: %s", err, lastLine(string(out))))
+		why := lastLine(string(out))
+		if b, rerr := os.ReadFile(errLog); rerr == nil && len(b) > 0 {
+			why = string(b)
+			if len(why) > 2000 {
+				why = why[len(why)-2000:]
+			}
+		}
+		f.failures = append(f.failures, fmt.Sprintf("sipp uac: %v: %s", err, why))
 		return f
 	}
 	waitFor(ctx, 10*time.Second, func() error {
@@ -401,6 +427,17 @@ func sippCall(ctx context.Context, st *State, before map[string]float64) *flow {
 		f.failures = append(f.failures, "sipside received no KDMQ dialog message for the call")
 	}
 	return f
+}
+
+// udpPortTaken reports nil once someone holds host:port, found by failing
+// to bind it ourselves: sipp gives no other sign that it is ready.
+func udpPortTaken(host string, port int) error {
+	c, err := net.ListenPacket("udp", net.JoinHostPort(host, fmt.Sprint(port)))
+	if err != nil {
+		return nil
+	}
+	c.Close()
+	return fmt.Errorf("udp %s:%d is still free", host, port)
 }
 
 func lastLine(s string) string {
