@@ -123,7 +123,9 @@ func (d *dgram) unregister(id uint32) {
 // open dials the proxy. UDP is connected so that an ICMP port unreachable fails the
 // call at once instead of after the timeout; both proxies answer from the port
 // they listen on. A unix client must bind a path of its own or the reply has
-// nowhere to go.
+// nowhere to go, and must not connect: OpenSIPS's mi_datagram answers from a
+// second, unbound socket, and Linux refuses (EPERM) a datagram to a connected
+// socket from anyone but its peer.
 func (d *dgram) open() error {
 	var conn net.Conn
 	switch d.t.Transport {
@@ -136,17 +138,13 @@ func (d *dgram) open() error {
 	case Unix:
 		local := filepath.Join(d.socketDir, "sipside-mi-"+strconv.Itoa(os.Getpid())+"-"+strconv.FormatUint(socketSeq.Add(1), 10)+".sock")
 		_ = os.Remove(local)
-		c, err := net.DialUnix("unixgram", &net.UnixAddr{Name: local, Net: "unixgram"}, &net.UnixAddr{Name: d.t.Addr, Net: "unixgram"})
+		c, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: local, Net: "unixgram"})
 		if err != nil {
-			_ = os.Remove(local)
-			if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ENOENT) {
-				return d.refused(err)
-			}
-			return fmt.Errorf("open unix datagram socket %s to %s: %w", local, d.t.Addr, err)
+			return fmt.Errorf("open unix datagram socket %s for replies from %s: %w", local, d.t.Addr, err)
 		}
 		// The proxy may run as another user: let it write to our socket.
 		_ = os.Chmod(local, 0o666)
-		conn, d.local = c, local
+		conn, d.local = unixClient{c, &net.UnixAddr{Name: d.t.Addr, Net: "unixgram"}}, local
 	}
 	d.conn = conn
 	go d.readLoop(conn)
@@ -193,8 +191,17 @@ func (d *dgram) readLoop(conn net.Conn) {
 	}
 }
 
+// unixClient is a bound, unconnected unix datagram socket whose Write sends to
+// the proxy's path; the kernel reports a missing path on each send.
+type unixClient struct {
+	*net.UnixConn
+	to *net.UnixAddr
+}
+
+func (u unixClient) Write(b []byte) (int, error) { return u.WriteToUnix(b, u.to) }
+
 func readDatagram(conn net.Conn, buf []byte) (int, bool, error) {
-	if uc, ok := conn.(*net.UnixConn); ok {
+	if uc, ok := conn.(unixClient); ok {
 		n, _, flags, _, err := uc.ReadMsgUnix(buf, nil)
 		return n, flags&syscall.MSG_TRUNC != 0, err
 	}

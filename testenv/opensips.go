@@ -363,6 +363,19 @@ func (e *osipsEmu) tick() {
 
 func (e *osipsEmu) serveDatagram(c net.PacketConn) {
 	e.closers = append(e.closers, c)
+	// mi_datagram answers a unix request from a second, unbound socket (SOURCE.md
+	// 7.2), so a client that connect(2)s its socket to the MI path gets nothing:
+	// Linux refuses (EPERM) a datagram to a connected socket from anyone but its
+	// peer. The emulator does the same, so that such a client fails here too.
+	tx := c
+	if _, ok := c.(*net.UnixConn); ok {
+		u, err := unboundUnixgram()
+		if err != nil {
+			panic(fmt.Sprintf("opensips emulator: mi_datagram reply socket: %v", err))
+		}
+		e.closers = append(e.closers, u)
+		tx = u
+	}
 	e.wg.Add(1)
 	go func() {
 		defer e.wg.Done()
@@ -393,7 +406,7 @@ func (e *osipsEmu) serveDatagram(c net.PacketConn) {
 			if from == nil || from.String() == "" {
 				continue // an unbound unix client: the reply has nowhere to go
 			}
-			_, _ = c.WriteTo(reply, from)
+			_, _ = tx.WriteTo(reply, from)
 		}
 	}()
 }
@@ -1556,9 +1569,14 @@ func (r *osipsProc) call(method string, params any, timeout time.Duration) ([]by
 		err  error
 	)
 	if r.o.MIUnix != "" {
+		// Bound, not connected: OpenSIPS answers from another socket.
 		local := filepath.Join(r.o.dir, fmt.Sprintf("client-%d.sock", time.Now().UnixNano()))
-		conn, err = net.DialUnix("unixgram", &net.UnixAddr{Name: local, Net: "unixgram"}, &net.UnixAddr{Name: r.o.MIUnix, Net: "unixgram"})
+		var u *net.UnixConn
+		u, err = net.ListenUnixgram("unixgram", &net.UnixAddr{Name: local, Net: "unixgram"})
 		defer os.Remove(local)
+		if err == nil {
+			conn = unixTo{u, &net.UnixAddr{Name: r.o.MIUnix, Net: "unixgram"}}
+		}
 	} else {
 		conn, err = net.Dial("udp", r.o.MIUDP)
 	}
@@ -1585,6 +1603,26 @@ func (r *osipsProc) call(method string, params any, timeout time.Duration) ([]by
 	}
 	return v.Get("result").MarshalTo(nil), nil
 }
+
+// unboundUnixgram is a unix datagram socket with no address, which the net
+// package cannot make (ListenUnixgram wants a path).
+func unboundUnixgram() (net.PacketConn, error) {
+	fd, err := syscall.Socket(syscall.AF_UNIX, syscall.SOCK_DGRAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), "unixgram")
+	defer f.Close()
+	return net.FilePacketConn(f)
+}
+
+// unixTo is a bound unix datagram socket whose Write sends to one path.
+type unixTo struct {
+	*net.UnixConn
+	to *net.UnixAddr
+}
+
+func (u unixTo) Write(b []byte) (int, error) { return u.WriteToUnix(b, u.to) }
 
 func (r *osipsProc) raise(name, params string) error {
 	args := []any{name}
