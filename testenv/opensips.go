@@ -1441,13 +1441,13 @@ loadmodule "signaling.so"
 loadmodule "sl.so"
 loadmodule "tm.so"
 loadmodule "cfgutils.so"
-# the lab's event publishers, so that events_list ids match the recordings
+# the lab's modules in the lab's order (LIVE.md), so that events_list ids and
+# the command list of "which" match the recordings
 loadmodule "usrloc.so"
 loadmodule "registrar.so"
-loadmodule "event_flatstore.so"
+{{FIFO}}
 loadmodule "mi_datagram.so"
 modparam("mi_datagram", "socket_name", "{{MI_SOCKET}}")
-{{FIFO}}
 {{HTTP}}
 loadmodule "event_datagram.so"
 loadmodule "event_stream.so"
@@ -1455,6 +1455,7 @@ modparam("event_stream", "reliable_mode", {{RELIABLE}})
 modparam("event_stream", "timeout", {{STREAM_TIMEOUT}})
 loadmodule "event_virtual.so"
 modparam("event_virtual", "failover_timeout", {{FAILOVER_TIMEOUT}})
+loadmodule "event_flatstore.so"
 
 route {
 	sl_send_reply(404, "Not here");
