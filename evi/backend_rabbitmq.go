@@ -311,7 +311,7 @@ func (b *rabbitmqBackend) start(ctx context.Context) (*rabbit.Publisher, error) 
 		b.startErr = fmt.Errorf("rabbitmq %s: %w", b.shown, err)
 		return nil, b.startErr
 	}
-	pub, err := m.NewPublisher(ctx, rabbit.PublisherOptions{Label: "evi"})
+	pub, err := m.NewPublisher(ctx, rabbit.PublisherOptions{Label: "evi", FailFast: true})
 	if err != nil {
 		// Not connected yet, so nothing ran; an error here is unexpected.
 		pub.Close()

@@ -26,6 +26,12 @@ type PublisherOptions struct {
 	OnReply func(amqp.Delivery)
 	// Label distinguishes publishers of one manager in metrics; default "default".
 	Label string
+	// FailFast makes a publish fail at once with ErrNotConnected while the
+	// manager has no live connection, instead of waiting (within its context)
+	// for the next one. For callers with somewhere else to go, such as
+	// event_virtual's FAILOVER or a spool. It still waits while a live
+	// connection opens this publisher's channel.
+	FailFast bool
 }
 
 // Publisher publishes on one confirm-mode channel. Publishes from many goroutines are
@@ -296,6 +302,9 @@ func (p *Publisher) current(ctx context.Context) (*pubChannel, error) {
 			default:
 				return pc, nil
 			}
+		}
+		if p.opts.FailFast && !p.m.live() {
+			return nil, fmt.Errorf("%w: the broker connection is down", ErrNotConnected)
 		}
 		// Wake on a new channel, or poll: a session that died may not have been
 		// replaced yet and nobody closes changed for its death.

@@ -221,6 +221,20 @@ func (m *Manager) LastError() error {
 	return m.lastErr
 }
 
+// live reports whether the manager holds a connection that has not died.
+func (m *Manager) live() bool {
+	s := m.Current()
+	if s == nil {
+		return false
+	}
+	select {
+	case <-s.Done():
+		return false
+	default:
+		return true
+	}
+}
+
 // Current returns the live session, or nil.
 func (m *Manager) Current() *Session {
 	m.mu.Lock()

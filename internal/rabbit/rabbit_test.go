@@ -147,6 +147,67 @@ func TestPublishHonoursDeadlineWhenNoBroker(t *testing.T) {
 	}
 }
 
+// A FailFast publisher never waits for a broker that is gone: publishes racing
+// the cut, including those that find the dying channel and are not sent, end
+// with ErrNotConnected (or unconfirmed) well before their deadline. Without
+// FailFast they would wait the whole deadline for a reconnect (virtual
+// FAILOVER then had no time left for its next member).
+func TestFailFastPublisherWhenTheBrokerGoes(t *testing.T) {
+	u := brokerURL(t)
+	a := testenv.NewCutProxy(t, hostPort(t, u))
+	m := startManager(t, Config{URLs: []string{withHost(t, u, a.Addr())}, Name: "t-failfast"})
+	p, err := m.NewPublisher(context.Background(), PublisherOptions{FailFast: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	q, _ := declareQueue(t, u, nil)
+	if _, err := m.Session(ctx); err != nil { // FailFast does not wait for the first one either
+		t.Fatal(err)
+	}
+	if err := p.Publish(ctx, "", q, amqp.Publishing{Body: []byte("x")}); err != nil {
+		t.Fatalf("publish before the cut: %v", err)
+	}
+	const n = 32
+	var wg sync.WaitGroup
+	errs := make(chan error, n)
+	took := make(chan time.Duration, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if i == n/2 {
+				a.Cut()
+			}
+			pctx, pcancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer pcancel()
+			start := time.Now()
+			errs <- p.Publish(pctx, "", q, amqp.Publishing{Body: []byte("x")})
+			took <- time.Since(start)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	close(took)
+	for d := range took {
+		if d > 2*time.Second {
+			t.Errorf("a publish took %v: it waited for a broker that is gone", d)
+		}
+	}
+	for err := range errs {
+		if err != nil && !errors.Is(err, ErrNotConnected) && !errors.Is(err, ErrUnconfirmed) {
+			t.Errorf("publish: %v, want nil, ErrNotConnected or ErrUnconfirmed", err)
+		}
+	}
+	start := time.Now()
+	if err := p.Publish(ctx, "", q, amqp.Publishing{Body: []byte("x")}); !errors.Is(err, ErrNotConnected) {
+		t.Errorf("publish after the cut = %v, want ErrNotConnected", err)
+	} else if d := time.Since(start); d > time.Second {
+		t.Errorf("publish after the cut took %v", d)
+	}
+}
+
 // Cut the first broker's path mid-traffic: the manager fails over to the second URL,
 // re-runs hooks, and every publish that was confirmed is in the queue.
 func TestFailoverMidTraffic(t *testing.T) {
