@@ -59,6 +59,60 @@ func TestConsumeToOpenSIPSRaiseEvent(t *testing.T) {
 	}
 }
 
+// OpenSIPS's jsonrpc module calls the bridge from the routing script: the
+// emulator does what the module does (captures/jsonrpc-module.txt), a real
+// OpenSIPS (OPENSIPS_BIN) runs jsonrpc_request and jsonrpc_notification in its
+// request route. What the script sees is $rc and the ret variable, which the
+// module fills with cJSON's formatted print of the result or error.
+func TestOpenSIPSJSONRPCModule(t *testing.T) {
+	u := brokerURL(t)
+	startResponder(t, u, "svc.os", &responder{})
+	b, _ := startBridge(t, u, nil, Options{})
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{JSONRPCDest: b.Addrs()[ListenTCP]})
+	q, ch := bindQueue(t, u, "os.pub")
+
+	cases := []struct {
+		name, method, params string
+		rc                   int
+		ret                  string
+	}{
+		{"query", "amqp.query", `{"exchange":"sipside_kazoo_test","routing_key":"svc.os","payload":{"q":"alice"}}`,
+			1, "{\n\t\"echo\":\t\"alice\"\n}"},
+		{"publish", "amqp.publish", `{"exchange":"sipside_kazoo_test","routing_key":"os.pub","payload":{"n":1}}`,
+			1, "{\n\t\"status\":\t\"confirmed\"\n}"},
+		{"unknown method", "amqp.nope", `{}`,
+			-3, "{\n\t\"code\":\t-32601,\n\t\"message\":\t\"unknown method \\\"amqp.nope\\\"; methods: amqp.publish, amqp.query, amqp.ack, amqp.nack, sipside.ping, sipside.status\"\n}"},
+		{"missing param", "amqp.publish", `{"exchange":"sipside_kazoo_test"}`,
+			-3, "{\n\t\"code\":\t-32602,\n\t\"message\":\t\"missing param \\\"routing_key\\\"\"\n}"},
+		{"positional params", "amqp.publish", `["sipside_kazoo_test","os.pub"]`,
+			-3, "{\n\t\"code\":\t-32602,\n\t\"message\":\t\"params must be an object with named members, e.g. {\\\"exchange\\\":\\\"x\\\",\\\"routing_key\\\":\\\"k\\\",\\\"payload\\\":{}}\"\n}"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rc, ret, err := o.JSONRPCRequest(c.method, c.params)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rc != c.rc || ret != c.ret {
+				t.Errorf("rc %d ret %q\nwant rc %d ret %q", rc, ret, c.rc, c.ret)
+			}
+		})
+	}
+	if d := rabbitGet(t, ch, q); string(d.Body) != `{"n":1}` {
+		t.Fatalf("published body %q", d.Body)
+	}
+
+	t.Run("notification", func(t *testing.T) {
+		rc, err := o.JSONRPCNotification("amqp.publish", `{"exchange":"sipside_kazoo_test","routing_key":"os.pub","payload":{"n":2}}`)
+		if err != nil || rc != 1 {
+			t.Fatalf("rc %d, %v", rc, err)
+		}
+		if d := rabbitGet(t, ch, q); string(d.Body) != `{"n":2}` {
+			t.Fatalf("published body %q", d.Body)
+		}
+	})
+}
+
 // kamailioTemplate is testenv's default node plus the script side of the bridge:
 // jsonrpcc and janssonrpcc (netstrings), http_client (POST), and evapi to receive.
 // A SIP MESSAGE to sip:TEST@ runs TEST with the body as the JSON-RPC params (http: the
@@ -234,4 +288,43 @@ func TestKamailioScriptCallsAndEvapi(t *testing.T) {
 			}
 		}
 	})
+}
+
+// bindQueue declares a private queue bound to key on the test exchange.
+func bindQueue(t *testing.T, u, key string) (string, *amqp.Channel) {
+	t.Helper()
+	conn, err := amqp.Dial(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.QueueBind(q.Name, key, testExchange, false, nil); err != nil {
+		t.Fatal(err)
+	}
+	return q.Name, ch
+}
+
+// rabbitGet takes the next message of q, waiting for it a little: a
+// notification returns before the bridge has published.
+func rabbitGet(t *testing.T, ch *amqp.Channel, q string) amqp.Delivery {
+	t.Helper()
+	var d amqp.Delivery
+	waitFor(t, 5*time.Second, "a message in "+q, func() bool {
+		var ok bool
+		var err error
+		d, ok, err = ch.Get(q, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	})
+	return d
 }

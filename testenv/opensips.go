@@ -49,6 +49,9 @@ type OpenSIPSConfig struct {
 	// follow a named raise_event come out as an object with empty keys
 	// (protocol/opensips/captures/bug-raise-event-array-becomes-object.txt). Emulator only.
 	ArrayParamsBug bool
+	// JSONRPCDest is the host:port the jsonrpc module's functions call (the module
+	// resolves it at startup); JSONRPCRequest and JSONRPCNotification run them.
+	JSONRPCDest string
 }
 
 // OpenSIPSSubscription is one event subscriber as subscribers_list shows it.
@@ -689,37 +692,6 @@ func appendCJSONString(b []byte, s string) []byte {
 	return append(b, '"')
 }
 
-// cjsonPrint prints a value compactly, keeping member order and duplicate keys.
-func cjsonPrint(b []byte, v *fastjson.Value) []byte {
-	switch v.Type() {
-	case fastjson.TypeString:
-		return appendCJSONString(b, string(v.GetStringBytes()))
-	case fastjson.TypeObject:
-		b = append(b, '{')
-		first := true
-		v.GetObject().Visit(func(k []byte, mv *fastjson.Value) {
-			if !first {
-				b = append(b, ',')
-			}
-			first = false
-			b = appendCJSONString(b, string(k))
-			b = append(b, ':')
-			b = cjsonPrint(b, mv)
-		})
-		return append(b, '}')
-	case fastjson.TypeArray:
-		b = append(b, '[')
-		for i, item := range v.GetArray() {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = cjsonPrint(b, item)
-		}
-		return append(b, ']')
-	}
-	return v.MarshalTo(b)
-}
-
 // osipsArgs holds a call's parameters after recipe matching, by recipe name.
 type osipsArgs map[string]*fastjson.Value
 
@@ -1114,7 +1086,7 @@ func (e *osipsEmu) miRaise(args osipsArgs) ([]byte, *osipsErr) {
 				case fastjson.TypeString:
 					payload = appendCJSONString(payload, string(mv.GetStringBytes()))
 				default:
-					payload = appendCJSONString(payload, string(cjsonPrint(nil, mv)))
+					payload = appendCJSONString(payload, string(cjsonPrint(nil, mv, false, 0)))
 				}
 			})
 			payload = append(payload, '}')
@@ -1160,7 +1132,7 @@ func arrayAsEmptyKeys(arr []byte) []byte {
 			b = append(b, ',')
 		}
 		b = append(b, `"":`...)
-		b = cjsonPrint(b, it)
+		b = cjsonPrint(b, it, false, 0)
 	}
 	return append(b, '}')
 }
@@ -1173,7 +1145,7 @@ func (e *osipsEmu) raise(name string, params []byte, fromMI bool) error {
 		if err != nil || (v.Type() != fastjson.TypeObject && v.Type() != fastjson.TypeArray) {
 			return fmt.Errorf("opensips emulator: params of %s must be a JSON object or array, got %q", name, params)
 		}
-		params = cjsonPrint(nil, v)
+		params = cjsonPrint(nil, v, false, 0)
 	}
 	e.mu.Lock()
 	id := e.eventID(name)
@@ -1425,6 +1397,7 @@ type osipsProc struct {
 	bin     string
 	cfgPath string
 	logPath string
+	sip     string // the SIP socket, host:port
 	p       *proc
 }
 
@@ -1458,6 +1431,7 @@ modparam("event_virtual", "failover_timeout", {{FAILOVER_TIMEOUT}})
 loadmodule "event_flatstore.so"
 
 route {
+{{ROUTE}}
 	sl_send_reply(404, "Not here");
 }
 
@@ -1519,11 +1493,15 @@ func (o *OpenSIPSServer) startReal(bin string) error {
 		failover = 30 * time.Second
 	}
 	cfg := strings.NewReplacer("{{FAILOVER_TIMEOUT}}", strconv.Itoa(int(failover.Seconds())), "{{RELIABLE}}", reliable, "{{STREAM_TIMEOUT}}", strconv.Itoa(int(streamTimeout.Milliseconds())), "{{MPATH}}", mpath, "{{SIP_PORT}}", strconv.Itoa(sipPort), "{{MI_SOCKET}}", sock,
-		"{{FIFO}}", fifo, "{{HTTP}}", httpMods, "{{EVENTS}}", events.String()).Replace(osipsCfg)
+		"{{FIFO}}", fifo, "{{HTTP}}", httpMods, "{{EVENTS}}", events.String(),
+		"{{ROUTE}}", jsonrpcRoute(o.cfg.JSONRPCDest)).Replace(osipsCfg)
+	if o.cfg.JSONRPCDest != "" {
+		cfg = strings.Replace(cfg, "\nroute {", "\n"+jsonrpcModules+"\nroute {", 1)
+	}
 	if o.cfg.Tick {
 		cfg += "\ntimer_route[sipside_tick, 1] {\n\t$var(n) = $shv(tick) + 0;\n\t$shv(tick) = $var(n) + 1;\n\t$avp(name) = \"seq\";  $avp(val) = $shv(tick);\n\t$avp(name) = \"note\"; $avp(val) = \"tick\";\n\traise_event(\"E_LAB_TICK\", $avp(name), $avp(val));\n}\n"
 	}
-	r := &osipsProc{o: o, bin: bin, cfgPath: filepath.Join(o.dir, "opensips.cfg"), logPath: filepath.Join(o.dir, "opensips.log")}
+	r := &osipsProc{o: o, bin: bin, cfgPath: filepath.Join(o.dir, "opensips.cfg"), logPath: filepath.Join(o.dir, "opensips.log"), sip: net.JoinHostPort("127.0.0.1", strconv.Itoa(sipPort))}
 	if err := os.WriteFile(r.cfgPath, []byte(cfg), 0o644); err != nil {
 		return err
 	}
