@@ -22,13 +22,17 @@ const maxQueryTimeout = 30 * time.Second
 
 func (b *Bridge) newDispatcher() *dispatcher {
 	d := &dispatcher{met: newServerMetrics(b.reg)}
-	d.methods = map[string]handlerFunc{
+	handlers := map[string]handlerFunc{
 		"amqp.publish":   b.rpcPublish,
 		"amqp.query":     b.rpcQuery,
 		"amqp.ack":       b.rpcAck,
 		"amqp.nack":      b.rpcNack,
 		"sipside.ping":   func(context.Context, *fastjson.Value) ([]byte, *rpcError) { return []byte(`"pong"`), nil },
 		"sipside.status": b.rpcStatus,
+	}
+	d.methods = make(map[string]method, len(handlers))
+	for name, h := range handlers {
+		d.methods[name] = method{name: name, h: h}
 	}
 	return d
 }

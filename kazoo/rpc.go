@@ -41,9 +41,15 @@ func errorf(code int, msg string) *rpcError { return &rpcError{Code: code, Messa
 // handlerFunc answers one method: the raw JSON result, or an error.
 type handlerFunc func(ctx context.Context, params *fastjson.Value) ([]byte, *rpcError)
 
+// method is one entry of the dispatcher's table.
+type method struct {
+	name string
+	h    handlerFunc
+}
+
 // dispatcher turns request bytes into response bytes. It is shared by all listeners.
 type dispatcher struct {
-	methods map[string]handlerFunc
+	methods map[string]method
 	parsers fastjson.ParserPool
 	met     *serverMetrics
 }
@@ -82,12 +88,14 @@ func (d *dispatcher) handle(ctx context.Context, transport string, req []byte) [
 		d.met.request(transport, "", "invalid")
 		return reply(id, errorResponse(id, CodeInvalidRequest, `missing "method" (a string such as "amqp.publish")`))
 	}
-	method := string(mv.GetStringBytes())
-	h, ok := d.methods[method]
+	// Looked up without converting to a string first (the compiler does not
+	// allocate for a map index); the known name comes back from the table.
+	m, ok := d.methods[string(mv.GetStringBytes())]
 	if !ok {
 		d.met.request(transport, "unknown", "method_not_found")
-		return reply(id, errorResponse(id, CodeMethodNotFound, "unknown method "+strconv.Quote(method)+"; methods: amqp.publish, amqp.query, amqp.ack, amqp.nack, sipside.ping, sipside.status"))
+		return reply(id, errorResponse(id, CodeMethodNotFound, "unknown method "+strconv.Quote(string(mv.GetStringBytes()))+"; methods: amqp.publish, amqp.query, amqp.ack, amqp.nack, sipside.ping, sipside.status"))
 	}
+	method, h := m.name, m.h
 	params := v.Get("params")
 	if params == nil || params.Type() == fastjson.TypeNull {
 		params = emptyObject

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fastjson"
@@ -333,18 +334,55 @@ func (s *server) serveNetstring(ctx context.Context, c net.Conn) {
 	}
 	var wmu sync.Mutex
 	send := func(resp []byte) {
-		frame := netstring.Append(make([]byte, 0, len(resp)+12), resp)
+		fp := framePool.Get().(*[]byte)
+		frame := netstring.Append((*fp)[:0], resp)
 		wmu.Lock()
-		defer wmu.Unlock()
 		// One write per frame, as the proxies read whole frames.
 		c.SetWriteDeadline(time.Now().Add(writeTimeout))
 		if _, err := c.Write(frame); err != nil {
 			c.Close()
 		}
+		wmu.Unlock()
+		// Write is done with the frame once it returns; a frame grown for a
+		// big reply is not kept, so the pool holds small buffers only.
+		if cap(frame) <= maxPooledFrame {
+			*fp = frame
+			framePool.Put(fp)
+		}
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	sem := make(chan struct{}, maxPipelined)
+	// Requests are handed to idle workers of this connection, and a new one
+	// is started only when none is idle. A goroutine per request would start
+	// on a small stack and grow it through the publish path every time;
+	// reusing workers saves that on a connection that carries a steady stream.
+	work := make(chan []byte)
+	defer close(work)
+	var idle atomic.Int32
+	handle := func(payload []byte) {
+		cctx, cancel := callContext(ctx)
+		resp := s.b.disp.handle(cctx, ListenNetstring, payload)
+		cancel()
+		if resp != nil {
+			send(resp)
+		}
+		<-sem
+	}
+	worker := func(payload []byte) {
+		defer wg.Done()
+		handle(payload)
+		// At most maxIdleWorkers stay: a burst of a thousand pipelined
+		// requests must not leave a thousand parked goroutines behind.
+		for idle.Add(1) <= maxIdleWorkers {
+			payload, ok := <-work
+			if !ok {
+				return
+			}
+			handle(payload)
+		}
+		idle.Add(-1)
+	}
 	r := netstring.NewReader(c, s.cfg.MaxFrame)
 	for {
 		payload, err := r.Next()
@@ -370,18 +408,26 @@ func (s *server) serveNetstring(ctx context.Context, c net.Conn) {
 		// The reader reuses its buffer; the request is handled while the
 		// next one is read.
 		payload = append([]byte(nil), payload...)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			cctx, cancel := callContext(ctx)
-			defer cancel()
-			if resp := s.b.disp.handle(cctx, ListenNetstring, payload); resp != nil {
-				send(resp)
-			}
-		}()
+		select {
+		case work <- payload:
+			// An idle worker took it; it is no longer idle.
+			idle.Add(-1)
+		default:
+			wg.Add(1)
+			go worker(payload)
+		}
 	}
 }
+
+// maxIdleWorkers bounds the idle request workers a netstring connection keeps.
+const maxIdleWorkers = 8
+
+// maxPooledFrame is the largest reply frame buffer kept for reuse.
+const maxPooledFrame = 4096
+
+// framePool holds netstring reply frame buffers: every reply needs one only
+// for the duration of its write.
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 
 func underlying(c net.Conn) net.Conn {
 	if sc, ok := c.(*slotConn); ok {
@@ -428,7 +474,19 @@ type serverMetrics struct {
 	frames   *metrics.CounterVec
 	rejects  *metrics.CounterVec
 	conns    *metrics.GaugeVec
+
+	// Every request counts once and times once. With joins the labels into a
+	// key and takes the family's lock, so the children are kept here after
+	// first use: a lookup costs no allocation and no shared lock. They are
+	// still created on first use, so /metrics shows the same series as
+	// before. Both maps stay small: the listeners and methods are fixed, and
+	// any method name that is not known is counted as "unknown".
+	reqCache sync.Map // requestKey → *metrics.Counter
+	latCache sync.Map // latencyKey → *metrics.Histogram
 }
+
+type requestKey struct{ listener, method, outcome string }
+type latencyKey struct{ listener, method string }
 
 func newServerMetrics(reg *metrics.Registry) *serverMetrics {
 	return &serverMetrics{
@@ -440,9 +498,22 @@ func newServerMetrics(reg *metrics.Registry) *serverMetrics {
 	}
 }
 
-func (m *serverMetrics) request(l, method, outcome string) { m.requests.With(l, method, outcome).Inc() }
+func (m *serverMetrics) request(l, method, outcome string) {
+	k := requestKey{l, method, outcome}
+	c, ok := m.reqCache.Load(k)
+	if !ok {
+		c, _ = m.reqCache.LoadOrStore(k, m.requests.With(l, method, outcome))
+	}
+	c.(*metrics.Counter).Inc()
+}
+
 func (m *serverMetrics) latency(l, method string, start time.Time) {
-	m.lat.With(l, method).Since(start)
+	k := latencyKey{l, method}
+	h, ok := m.latCache.Load(k)
+	if !ok {
+		h, _ = m.latCache.LoadOrStore(k, m.lat.With(l, method))
+	}
+	h.(*metrics.Histogram).Since(start)
 }
 func (m *serverMetrics) frameError(l, reason string) { m.frames.With(l, reason).Inc() }
 func (m *serverMetrics) rejected(l, reason string)   { m.rejects.With(l, reason).Inc() }
