@@ -25,6 +25,11 @@ type fifo struct {
 	wmu       sync.Mutex // one request line at a time, so that long ones never interleave
 }
 
+// maxFIFOLineOpenSIPS is mi_fifo's MAX_MI_FIFO_BUFFER. mi_fifo parses what one
+// read of at most that many bytes returns, so a longer request line fails to
+// parse, its tail is refused, and the caller would only see a timeout.
+const maxFIFOLineOpenSIPS = 4096
+
 // moduleReplyDir is both modules' default reply directory (mi_fifo reply_dir,
 // jsonrpcs fifo_reply_dir).
 const moduleReplyDir = "/tmp"
@@ -99,6 +104,9 @@ func (f *fifo) roundTrip(ctx context.Context, id uint32, method string, params [
 	} else {
 		line = append([]byte(":"+name+":"), encodeRequest(OpenSIPS, method, params, id, "")...)
 		line = append(line, '\n')
+	}
+	if f.t.Dialect == OpenSIPS && len(line) > maxFIFOLineOpenSIPS {
+		return nil, fmt.Errorf("request is %d bytes, over the %d an OpenSIPS mi_fifo request takes (MAX_MI_FIFO_BUFFER; a longer one is dropped without a reply): use http or a datagram for it", len(line), maxFIFOLineOpenSIPS)
 	}
 	if err := f.send(ctx, line); err != nil {
 		return nil, err

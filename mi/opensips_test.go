@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -100,6 +102,35 @@ func TestOpenSIPS(t *testing.T) {
 				checkCall(t, c, miCase{name: "unsubscribe", method: "event_subscribe", params: []any{e, sock, 0}, want: `"OK"`})
 			}
 		})
+	}
+}
+
+// TestOpenSIPSFIFOLongRequest: mi_fifo takes a request line of at most 4096
+// bytes and drops a longer one without a reply (OpenSIPS 3.6.8 logs "cannot
+// parse command" and "command must begin with ':'"). The client says so at
+// once instead of timing out; the line that fits still works.
+func TestOpenSIPSFIFOLongRequest(t *testing.T) {
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{FIFO: true})
+	c := newClient(t, o.Target("fifo"), Options{ReplyDir: o.ReplyDir})
+	// ":sipside_reply_PID_N:" + {"jsonrpc":"2.0","method":"shv_get","params":["…"],"id":N} + "\n"
+	overhead := len(`:sipside_reply_`+strconv.Itoa(os.Getpid())+`_1:{"jsonrpc":"2.0","method":"version","params":[""],"id":1}`) + 1
+	for _, tc := range []struct {
+		size    int
+		tooLong bool
+	}{{4096 - overhead - 20, false}, {4096 + 10, true}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		start := time.Now()
+		_, err := c.Call(ctx, "version", []string{strings.Repeat("x", tc.size)})
+		cancel()
+		switch {
+		case tc.tooLong && (err == nil || !strings.Contains(err.Error(), "over the 4096 an OpenSIPS mi_fifo request takes")):
+			t.Errorf("%d-byte param: %v, want the 4096-byte limit named", tc.size, err)
+		case tc.tooLong && time.Since(start) > time.Second:
+			t.Errorf("%d-byte param: the error took %v", tc.size, time.Since(start))
+		case !tc.tooLong && err != nil:
+			// version [revision] ignores the value: an answer proves the line was read
+			t.Errorf("%d-byte param: %v", tc.size, err)
+		}
 	}
 }
 

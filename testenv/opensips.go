@@ -193,7 +193,7 @@ var osipsEvents = []string{"E_CORE_SR_STATUS_CHANGED", "E_CORE_THRESHOLD", "E_CO
 
 // osipsRecipes are the parameter sets each emulated command accepts.
 var osipsRecipes = map[string][][]string{
-	"version":          {{}},
+	"version":          {{}, {"revision"}},
 	"uptime":           {{}},
 	"which":            {{}, {"command"}},
 	"ps":               {{}},
@@ -493,6 +493,9 @@ func (e *osipsEmu) serveHTTPConn(conn net.Conn) {
 	_, _ = conn.Write(reply)
 }
 
+// osipsFIFOBuf is mi_fifo's MAX_MI_FIFO_BUFFER: the longest request line.
+const osipsFIFOBuf = 4096
+
 func (e *osipsEmu) serveFIFO(path, replyDir string) error {
 	if err := syscall.Mkfifo(path, 0o666); err != nil {
 		return fmt.Errorf("opensips emulator: mkfifo %s: %w", path, err)
@@ -512,6 +515,12 @@ func (e *osipsEmu) serveFIFO(path, replyDir string) error {
 			if err != nil {
 				return
 			}
+			if len(line) > osipsFIFOBuf {
+				// mi_fifo reads at most MAX_MI_FIFO_BUFFER bytes at a time; a longer
+				// request fails to parse and its tail "must begin with ':'" (both
+				// dropped, no reply; seen on 3.6.8).
+				continue
+			}
 			e.fifoLine(bytes.TrimRight(line, "\n"), replyDir)
 		}
 	}()
@@ -524,8 +533,8 @@ func (e *osipsEmu) fifoLine(line []byte, replyDir string) {
 		return
 	}
 	name, req, ok := bytes.Cut(line[1:], []byte(":"))
-	if !ok || bytes.ContainsRune(name, '/') {
-		return // "error trimming filename"
+	if !ok || bytes.ContainsAny(name, "./\\") {
+		return // "forbidden filename", "error trimming filename"
 	}
 	out := e.handle(req)
 	if len(name) == 0 || out.parseError || (out.reply == nil && !out.internalError) {
@@ -780,6 +789,11 @@ func (e *osipsEmu) run(method string, params *fastjson.Value) ([]byte, *osipsErr
 	}
 	switch method {
 	case "version":
+		if args["revision"] != nil {
+			// mi_version_1: the revision of the build, whatever the param says;
+			// "unknown" for a build from a source tree without git.
+			return []byte(`{"Server":"OpenSIPS (3.6.8 (x86_64/linux))","unknown":"unknown"}`), nil
+		}
 		return []byte(`{"Server":"OpenSIPS (3.6.8 (x86_64/linux))"}`), nil
 	case "uptime":
 		e.mu.Lock()
