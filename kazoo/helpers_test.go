@@ -97,23 +97,8 @@ type responder struct {
 
 func startResponder(t testing.TB, u, key string, r *responder) {
 	t.Helper()
-	conn, err := amqp.Dial(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
-	q, err := ch.QueueDeclare("", false, true, true, false, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := ch.QueueBind(q.Name, key, testExchange, false, nil); err != nil {
-		t.Fatal(err)
-	}
-	ds, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	q, ch := bindQueue(t, u, key)
+	ds, err := ch.Consume(q, "", true, true, false, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

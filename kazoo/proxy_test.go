@@ -291,7 +291,7 @@ func TestKamailioScriptCallsAndEvapi(t *testing.T) {
 }
 
 // bindQueue declares a private queue bound to key on the test exchange.
-func bindQueue(t *testing.T, u, key string) (string, *amqp.Channel) {
+func bindQueue(t testing.TB, u, key string) (string, *amqp.Channel) {
 	t.Helper()
 	conn, err := amqp.Dial(u)
 	if err != nil {
