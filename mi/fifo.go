@@ -30,6 +30,14 @@ type fifo struct {
 // parse, its tail is refused, and the caller would only see a timeout.
 const maxFIFOLineOpenSIPS = 4096
 
+// maxFIFOLineKamailio: jsonrpcs reads a FIFO document byte by byte until its
+// braces balance, into 8192 bytes (JSONRPC_BUF_IN_SIZE), and gives up at 8191
+// counting the newline left before it by the previous request; our request and
+// its newline must stay within 8190. A longer one is dropped, and the reader
+// then resumes inside it, out of step with the quotes and braces, swallowing
+// the requests after it (seen on 5.6.3).
+const maxFIFOLineKamailio = 8190
+
 // moduleReplyDir is both modules' default reply directory (mi_fifo reply_dir,
 // jsonrpcs fifo_reply_dir).
 const moduleReplyDir = "/tmp"
@@ -107,6 +115,9 @@ func (f *fifo) roundTrip(ctx context.Context, id uint32, method string, params [
 	}
 	if f.t.Dialect == OpenSIPS && len(line) > maxFIFOLineOpenSIPS {
 		return nil, fmt.Errorf("request is %d bytes, over the %d an OpenSIPS mi_fifo request takes (MAX_MI_FIFO_BUFFER; a longer one is dropped without a reply): use http or a datagram for it", len(line), maxFIFOLineOpenSIPS)
+	}
+	if f.t.Dialect == Kamailio && len(line) > maxFIFOLineKamailio {
+		return nil, fmt.Errorf("request is %d bytes, over the %d a Kamailio jsonrpcs FIFO request takes (JSONRPC_BUF_IN_SIZE; a longer one is dropped and garbles the requests after it): use http or a datagram for it", len(line), maxFIFOLineKamailio)
 	}
 	if err := f.send(ctx, line); err != nil {
 		return nil, err

@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -99,6 +102,56 @@ func TestKamailioBigReply(t *testing.T) {
 	// the socket is still good
 	if _, err := udp.Call(ctx, "core.version", nil); err != nil {
 		t.Fatalf("udp after the lost reply: %v", err)
+	}
+}
+
+// TestKamailioFIFOLongRequest pins maxFIFOLineKamailio to the real jsonrpcs:
+// a raw request line of exactly that many bytes, after the newline of an
+// earlier one, is answered (one byte more was not, and garbled the FIFO for
+// the requests after it, so that is not tried on the shared node); the client
+// refuses a longer one at once, and the FIFO keeps working.
+func TestKamailioFIFOLongRequest(t *testing.T) {
+	k := sharedKamailio(t)
+	c := newClient(t, k.MITargetFIFO(), Options{})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Call(ctx, "core.version", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	reply := filepath.Join(k.Dir, "sipside_limit_probe")
+	if err := syscall.Mkfifo(reply, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(reply)
+	rf, err := os.OpenFile(reply, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rf.Close()
+	pre, post := `{"jsonrpc":"2.0","method":"core.echo","params":["`, `"],"id":1,"reply_name":"sipside_limit_probe"}`+"\n"
+	line := pre + strings.Repeat("x", maxFIFOLineKamailio-len(pre)-len(post)) + post
+	w, err := os.OpenFile(k.FIFO, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = w.WriteString(line)
+	w.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = rf.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if n, err := rf.Read(make([]byte, 16384)); err != nil || n == 0 {
+		t.Fatalf("a %d-byte request line got no reply: %v", len(line), err)
+	}
+
+	start := time.Now()
+	_, err = c.Call(ctx, "core.echo", []string{strings.Repeat("x", maxFIFOLineKamailio)})
+	if err == nil || !strings.Contains(err.Error(), "Kamailio jsonrpcs FIFO request takes") || time.Since(start) > time.Second {
+		t.Fatalf("a request over the limit: %v after %v", err, time.Since(start))
+	}
+	if _, err := c.Call(ctx, "core.version", nil); err != nil {
+		t.Fatalf("after the refused request: %v", err)
 	}
 }
 
