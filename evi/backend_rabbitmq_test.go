@@ -76,15 +76,7 @@ func TestRabbitMQSocket(t *testing.T) {
 // rabbitQueue declares a queue on u and returns it with a channel to read it.
 func rabbitQueue(t testing.TB, u string, durable bool) (string, *amqp.Channel) {
 	t.Helper()
-	conn, err := amqp.Dial(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := testenv.AMQPChannel(t, u)
 	name := "evi-test-" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	if _, err := ch.QueueDeclare(name, durable, !durable, false, false, nil); err != nil {
 		t.Fatal(err)

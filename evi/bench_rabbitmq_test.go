@@ -16,16 +16,7 @@ import (
 // run does not grow the broker's memory; publishes to it are still confirmed.
 func benchRabbitQueue(b *testing.B, u string) string {
 	b.Helper()
-	conn, err := amqp.Dial(u)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		b.Fatal(err)
-	}
-	q, err := ch.QueueDeclare("", false, true, true, false, amqp.Table{"x-max-length": int32(1000)})
+	q, err := testenv.AMQPChannel(b, u).QueueDeclare("", false, true, true, false, amqp.Table{"x-max-length": int32(1000)})
 	if err != nil {
 		b.Fatal(err)
 	}

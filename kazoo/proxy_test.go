@@ -293,15 +293,7 @@ func TestKamailioScriptCallsAndEvapi(t *testing.T) {
 // bindQueue declares a private queue bound to key on the test exchange.
 func bindQueue(t testing.TB, u, key string) (string, *amqp.Channel) {
 	t.Helper()
-	conn, err := amqp.Dial(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := testenv.AMQPChannel(t, u)
 	q, err := ch.QueueDeclare("", false, true, true, false, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -348,6 +348,23 @@ func (r *RabbitMQ) Kill() error {
 // LogTail returns the last n lines of the node's console log.
 func (r *RabbitMQ) LogTail(n int) string { return logTail(r.Log, n) }
 
+// AMQPChannel dials url (a node's URL, or one through a CutProxy) and opens a
+// channel; the connection closes when t ends. For tests that declare, read
+// and inspect queues beside the code under test.
+func AMQPChannel(t testing.TB, url string) *amqp.Channel {
+	t.Helper()
+	conn, err := amqp.Dial(url)
+	if err != nil {
+		t.Fatalf("testenv: dial %s: %v", url, err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	if err != nil {
+		t.Fatalf("testenv: channel on %s: %v", url, err)
+	}
+	return ch
+}
+
 // Running reports whether the node's VM has not exited.
 func (r *RabbitMQ) Running() bool {
 	r.mu.Lock()

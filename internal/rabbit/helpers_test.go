@@ -71,15 +71,7 @@ func startManager(t testing.TB, cfg Config) *Manager {
 // declareQueue makes a fresh exclusive-to-the-test queue and returns its name.
 func declareQueue(t testing.TB, u string, args amqp.Table) (string, *amqp.Channel) {
 	t.Helper()
-	conn, err := amqp.Dial(u)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	ch, err := conn.Channel()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ch := testenv.AMQPChannel(t, u)
 	q, err := ch.QueueDeclare("", false, true, false, false, args)
 	if err != nil {
 		t.Fatal(err)
