@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -12,9 +13,7 @@ import (
 )
 
 func TestStreamSocket(t *testing.T) {
-	for _, tc := range []struct {
-		socket, want, err string
-	}{
+	checkSocketStrings(t, []socketCase{
 		{"tcp:127.0.0.1:9101", "tcp:127.0.0.1:9101", ""},
 		{"tcp:localhost:9101/my.method", "tcp:localhost:9101/my.method", ""},
 		{"tcp:127.0.0.1:9101/a/b:c", "tcp:127.0.0.1:9101/a/b:c", ""}, // the method is verbatim
@@ -26,7 +25,16 @@ func TestStreamSocket(t *testing.T) {
 		{"tcp:127.0.0.1:x/m", "", "port"},
 		{"tcp:127.0.0.1:9101/", "", "empty method"},
 		{"tcp:::1:9101", "", "want tcp:HOST:PORT"},
-	} {
+	})
+}
+
+// socketCase is a socket string, what the backend built from it shows (its
+// String, with any password hidden), or the error it must give instead.
+type socketCase struct{ socket, want, err string }
+
+func checkSocketStrings(t *testing.T, cases []socketCase) {
+	t.Helper()
+	for _, tc := range cases {
 		b, err := NewBackend(tc.socket, Deps{})
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
@@ -38,9 +46,10 @@ func TestStreamSocket(t *testing.T) {
 			t.Errorf("NewBackend(%q): %v", tc.socket, err)
 			continue
 		}
-		if got := b.(*streamBackend).String(); got != tc.want {
-			t.Errorf("NewBackend(%q) = %q", tc.socket, got)
+		if got := b.(fmt.Stringer).String(); got != tc.want {
+			t.Errorf("NewBackend(%q) = %q, want %q", tc.socket, got, tc.want)
 		}
+		b.Close()
 	}
 }
 

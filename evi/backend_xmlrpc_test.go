@@ -13,7 +13,7 @@ import (
 )
 
 func TestXMLRPCSocket(t *testing.T) {
-	for _, tc := range []struct{ socket, want, err string }{
+	checkSocketStrings(t, []socketCase{
 		{"xmlrpc:127.0.0.1:9301:my_handler", "xmlrpc:127.0.0.1:9301:my_handler", ""},
 		{"xmlrpc:localhost:8080/RPC:m", "xmlrpc:localhost:8080/RPC:m", ""},
 		{"xmlrpc:127.0.0.1:9301", "", "no method"},
@@ -21,22 +21,7 @@ func TestXMLRPCSocket(t *testing.T) {
 		{"xmlrpc::9301:m", "", "want xmlrpc:HOST"},
 		{"xmlrpc:127.0.0.1:0:m", "", "port"},
 		{"xmlrpc:127.0.0.1:http:m", "", "port"},
-	} {
-		b, err := NewBackend(tc.socket, Deps{})
-		if tc.err != "" {
-			if err == nil || !strings.Contains(err.Error(), tc.err) {
-				t.Errorf("NewBackend(%q) = %v, want error %q", tc.socket, err, tc.err)
-			}
-			continue
-		}
-		if err != nil {
-			t.Errorf("NewBackend(%q): %v", tc.socket, err)
-			continue
-		}
-		if got := b.(*xmlrpcBackend).String(); got != tc.want {
-			t.Errorf("NewBackend(%q) = %q", tc.socket, got)
-		}
-	}
+	})
 }
 
 // xmlrpcPeer is a real TCP server that records each request's exact bytes
