@@ -66,36 +66,20 @@ func BenchmarkKamailioQuery(b *testing.B) {
 	} {
 		for _, callers := range []int{1, 16} {
 			b.Run(path.name+"/callers="+strconv.Itoa(callers), func(b *testing.B) {
-				lat := make([][]time.Duration, callers)
 				var failed sync.Map
-				var wg sync.WaitGroup
-				per := b.N/callers + 1
-				b.ResetTimer()
-				start := time.Now()
-				for i := range callers {
-					wg.Add(1)
-					go func() {
-						defer wg.Done()
-						for range per {
-							t0 := time.Now()
-							st, res := sipMessage(b, k.SIPAddr(), path.user, path.body)
-							if !strings.Contains(st, path.ok) || (path.user == "jansson" && !strings.Contains(res, `"echo":"x"`)) {
-								failed.Store(st, res)
-								continue
-							}
-							lat[i] = append(lat[i], time.Since(t0))
-						}
-					}()
-				}
-				wg.Wait()
-				elapsed := time.Since(start)
-				b.StopTimer()
+				closedLoop(b, callers, func(int, int) error {
+					st, res := sipMessage(b, k.SIPAddr(), path.user, path.body)
+					if !strings.Contains(st, path.ok) || (path.user == "jansson" && !strings.Contains(res, `"echo":"x"`)) {
+						failed.Store(st, res)
+						return errNotCounted
+					}
+					return nil
+				})
 				n := 0
 				failed.Range(func(k, v any) bool { n++; b.Logf("failed: %v %v", k, v); return n < 3 })
 				if !k.Running() {
 					b.Fatalf("Kamailio died:\n%s", k.LogTail(30))
 				}
-				reportLatency(b, lat, elapsed)
 			})
 		}
 	}
