@@ -39,11 +39,10 @@ var kamailioModulePackages = map[string]string{
 	"http_client": "kamailio-utils-modules",
 }
 
-// DefaultKamailioTemplate is a small node: SIP on udp+tcp ADDR:SIPPORT, jsonrpcs over HTTP
-// (ADDR:HTTPPORT/RPC), over UDP datagrams (ADDR:RPCUDPPORT) and over a FIFO, a ctl binrpc
-// socket, and one htable "t". Templates of other packages should keep the same jsonrpcs,
-// ctl and listen lines so that the readiness check and the RPC helpers work.
-const DefaultKamailioTemplate = `#!KAMAILIO
+// KamailioCoreTemplate is the start of every testenv node's config: the core
+// parameters, the listen lines on the node's ports (SIP on udp and tcp, and the
+// HTTP port for xhttp/jsonrpcs) and mpath. Other templates begin with it.
+const KamailioCoreTemplate = `#!KAMAILIO
 # testenv node {{.Name}} (rendered by testenv.StartKamailio)
 debug=2
 log_stderror=yes
@@ -64,7 +63,13 @@ tcp_accept_no_cl=yes
 http_reply_parse=yes
 
 mpath="{{.ModulesDir}}"
-loadmodule "tm.so"
+`
+
+// DefaultKamailioTemplate is a small node: SIP on udp+tcp ADDR:SIPPORT, jsonrpcs over HTTP
+// (ADDR:HTTPPORT/RPC), over UDP datagrams (ADDR:RPCUDPPORT) and over a FIFO, a ctl binrpc
+// socket, and one htable "t". Templates of other packages should keep the same jsonrpcs,
+// ctl and listen lines so that the readiness check and the RPC helpers work.
+const DefaultKamailioTemplate = KamailioCoreTemplate + `loadmodule "tm.so"
 loadmodule "sl.so"
 loadmodule "pv.so"
 loadmodule "xlog.so"

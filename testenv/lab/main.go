@@ -229,23 +229,7 @@ func writeState(st *State) error {
 
 // kamailioTemplate is contrib/lab/kamailio.cfg's DMQ pair and evapi on
 // testenv's ports (testenv keeps its listen, jsonrpcs and xhttp lines).
-const kamailioTemplate = `#!KAMAILIO
-debug=2
-log_stderror=yes
-fork=yes
-children=2
-tcp_children=1
-auto_aliases=no
-dns=no
-rev_dns=no
-run_dir="{{.Dir}}"
-log_prefix="[{{.Name}} $mt $rm $ci] "
-listen=udp:{{.Addr}}:{{.SIPPort}}
-listen=tcp:{{.Addr}}:{{.SIPPort}}
-listen=tcp:{{.Addr}}:{{.HTTPPort}}
-tcp_accept_no_cl=yes
-mpath="{{.ModulesDir}}"
-loadmodule "tm.so"
+const kamailioTemplate = testenv.KamailioCoreTemplate + `loadmodule "tm.so"
 loadmodule "sl.so"
 loadmodule "pv.so"
 loadmodule "xlog.so"
