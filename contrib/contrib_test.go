@@ -49,6 +49,33 @@ const root = ".."
 
 func repoPath(p string) string { return filepath.Join(root, filepath.FromSlash(p)) }
 
+// TestTopLevel keeps the repository's top level to what its layout promises
+// (and catches a stray file committed from a test run).
+func TestTopLevel(t *testing.T) {
+	out, err := exec.Command("git", "-C", root, "ls-files").Output()
+	if err != nil {
+		t.Skipf("git ls-files: %v (not a git checkout?)", err)
+	}
+	allowed := map[string]bool{
+		"cmd": true, "mi": true, "evi": true, "dmq": true, "kazoo": true, "contrib": true, "testenv": true,
+		"internal": true, "go.mod": true, "go.sum": true, "docker-compose.yml": true,
+		"README.md": true, "Makefile": true, ".ci": true, "LICENSE": true, ".gitignore": true, ".dockerignore": true,
+	}
+	seen := map[string]bool{}
+	for _, f := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		top, _, _ := strings.Cut(f, "/")
+		if !allowed[top] && !seen[top] {
+			t.Errorf("%s at the top level: the layout is cmd/ mi/ evi/ dmq/ kazoo/ contrib/ testenv/ internal/ go.mod go.sum docker-compose.yml README.md Makefile .ci/ LICENSE", top)
+		}
+		seen[top] = true
+	}
+	for _, want := range []string{"cmd", "mi", "evi", "dmq", "kazoo", "contrib", "testenv", "go.mod", "go.sum", "docker-compose.yml", "README.md", "Makefile", ".ci", "LICENSE"} {
+		if !seen[want] {
+			t.Errorf("%s is missing from the top level", want)
+		}
+	}
+}
+
 func readFile(t *testing.T, p string) string {
 	t.Helper()
 	b, err := os.ReadFile(repoPath(p))
@@ -325,7 +352,7 @@ func parseDockerfile(src string) []dockerInstr {
 }
 
 func TestDockerfile(t *testing.T) {
-	instrs := parseDockerfile(readFile(t, "Dockerfile"))
+	instrs := parseDockerfile(readFile(t, "contrib/docker/Dockerfile"))
 	ignore := dockerignore(t)
 	stages := map[string]bool{}
 	var (
