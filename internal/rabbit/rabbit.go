@@ -89,6 +89,12 @@ type Manager struct {
 	stopped bool
 	lastErr error // why the latest connect attempt failed
 
+	// attempted is closed once the first round over the broker list has ended,
+	// connected or not: a caller that must not wait for a broker that is not
+	// there (a CLI, a FAILOVER member) waits for this, not for a connection.
+	attempted     chan struct{}
+	attemptedOnce sync.Once
+
 	m managerMetrics
 }
 
@@ -161,9 +167,10 @@ func New(cfg Config) (*Manager, error) {
 	reg := metrics.OrNew(cfg.Metrics)
 	cfg.Metrics = reg
 	m := &Manager{
-		cfg:   cfg,
-		log:   cfg.Logger.With("amqp", cfg.Name),
-		ready: make(chan struct{}),
+		cfg:       cfg,
+		log:       cfg.Logger.With("amqp", cfg.Name),
+		ready:     make(chan struct{}),
+		attempted: make(chan struct{}),
 	}
 	m.m = managerMetrics{
 		connected: reg.Gauge("sipside_amqp_connected", "1 while connected to this broker.", "name", "broker"),
@@ -276,9 +283,11 @@ func (m *Manager) Run(ctx context.Context) error {
 		m.stopped = true
 		m.mu.Unlock()
 	}()
+	defer m.markAttempted()
 	backoff := m.cfg.MinBackoff
 	for {
 		s := m.connectRound(ctx)
+		m.markAttempted()
 		if ctx.Err() != nil {
 			if s != nil {
 				s.Conn.Close()
@@ -316,6 +325,31 @@ func (m *Manager) Run(ctx context.Context) error {
 			backoff = min(backoff*2, m.cfg.MaxBackoff)
 		}
 	}
+}
+
+func (m *Manager) markAttempted() { m.attemptedOnce.Do(func() { close(m.attempted) }) }
+
+// Attempted is closed once Run has tried every broker of the list once (or
+// ended). After it, Current() == nil means no broker answered: a refused
+// connection is known at once, without waiting for a deadline.
+func (m *Manager) Attempted() <-chan struct{} { return m.attempted }
+
+// FirstSession waits for the first round over the broker list and returns the
+// live session, or an error saying why none came up (LastError). Unlike
+// Session it does not wait through backoff for a broker that is down.
+func (m *Manager) FirstSession(ctx context.Context) (*Session, error) {
+	select {
+	case <-m.attempted:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("%w: %w", ErrNotConnected, context.Cause(ctx))
+	}
+	if s := m.Current(); s != nil {
+		return s, nil
+	}
+	if err := m.LastError(); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrNotConnected, err)
+	}
+	return nil, ErrNotConnected
 }
 
 func jitter(d time.Duration) time.Duration {
