@@ -1,5 +1,6 @@
 #!/bin/sh
-# Installs the real parts the integration tests start (Kamailio 5.6 + modules, RabbitMQ, SIPp)
+# Installs the real parts the integration tests use (Kamailio 5.6 + modules, RabbitMQ, SIPp,
+# docker-compose to validate the compose file, promtool for the alert rules, headless Chromium)
 # on Debian 12. Idempotent: does nothing when everything is installed, so `make test` can call it
 # on every run, as any user. Installing needs root.
 #
@@ -9,7 +10,7 @@
 set -eu
 
 PACKAGES="kamailio kamailio-json-modules kamailio-kazoo-modules kamailio-rabbitmq-modules
-kamailio-extra-modules kamailio-utils-modules rabbitmq-server sip-tester"
+kamailio-extra-modules kamailio-utils-modules rabbitmq-server sip-tester docker-compose prometheus chromium"
 # epmd.socket: Debian's erlang-base starts a system-wide epmd on 4369 by socket activation; the
 # tests run a private epmd per RabbitMQ node and do not need it.
 SERVICES="kamailio rabbitmq-server epmd.socket epmd"
