@@ -110,12 +110,6 @@ func New(cfg Config, opts Options) (*Bridge, error) {
 	if err != nil {
 		return nil, err
 	}
-	if cfg.AMQP.Kazoo {
-		b.mgr.OnConnect(context.Background(), b.q.declareTargeted) //nolint:errcheck // not connected yet
-	}
-	for _, c := range b.consumers {
-		b.mgr.OnConnect(context.Background(), c.setup) //nolint:errcheck // not connected yet
-	}
 	b.disp = b.newDispatcher()
 	if len(cfg.JSONRPC.Listen) > 0 {
 		b.srv, err = newServer(b, cfg.JSONRPC)
@@ -168,15 +162,63 @@ func (b *Bridge) Run(ctx context.Context) error {
 		g.Go(func() error { return b.srv.serve(ctx) })
 	}
 	g.Go(func() error { return b.mgr.Run(ctx) })
+	// Consumers and the Kazoo reply queue each run on a channel of their own:
+	// one the broker refuses is down alone, while publishing goes on.
+	if b.cfg.AMQP.Kazoo {
+		done := b.mgr.Go(ctx, b.q.targetedTask())
+		g.Go(func() error { <-done; return nil })
+	}
+	for _, c := range b.consumers {
+		done := b.mgr.Go(ctx, c.task())
+		g.Go(func() error { <-done; return nil })
+	}
 	g.Go(func() error { b.acks.expire(ctx); return nil })
 	return g.Wait()
 }
 
-// Ready waits until the broker connection is up.
+// Ready waits until the broker connection is up and every consumer has been
+// set up once, successfully or not (Consumers says which are down).
 func (b *Bridge) Ready(ctx context.Context) error {
-	_, err := b.mgr.Session(ctx)
-	return err
+	if _, err := b.mgr.Session(ctx); err != nil {
+		return err
+	}
+	for _, c := range b.consumers {
+		select {
+		case <-c.tried:
+		case <-ctx.Done():
+			return fmt.Errorf("consumer %s not set up yet: %w", c.name, context.Cause(ctx))
+		}
+	}
+	if b.q.targetedTried != nil {
+		select {
+		case <-b.q.targetedTried:
+		case <-ctx.Done():
+			return fmt.Errorf("kazoo reply queue not set up yet: %w", context.Cause(ctx))
+		}
+	}
+	return nil
 }
+
+// ConsumerState is one consumer as /readyz and the status page show it.
+type ConsumerState struct {
+	Name  string
+	Queue string // the queue consumed now ("" before the first setup)
+	Up    bool
+	Err   error // why it is down; nil while up or before the first attempt
+}
+
+// Consumers reports every configured consumer, in config order.
+func (b *Bridge) Consumers() []ConsumerState {
+	out := make([]ConsumerState, 0, len(b.consumers))
+	for _, c := range b.consumers {
+		up, err := c.state()
+		out = append(out, ConsumerState{Name: c.name, Queue: c.queue.Load().(string), Up: up, Err: err})
+	}
+	return out
+}
+
+// Connected reports whether a broker connection is up now.
+func (b *Bridge) Connected() bool { return b.mgr.Current() != nil }
 
 // LastError says why the latest broker connection attempt failed, or nil.
 func (b *Bridge) LastError() error { return b.mgr.LastError() }

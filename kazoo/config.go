@@ -11,6 +11,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/sipside/sipside/internal/rabbit"
 )
 
 // Config is the [amqp] and [jsonrpc] part of sipside.toml.
@@ -34,6 +36,9 @@ type AMQPConfig struct {
 	QueryTimeout Duration `toml:"query_timeout"`
 	// PublishTimeout bounds waiting for a broker confirm (default 5s).
 	PublishTimeout Duration `toml:"publish_timeout"`
+	// Declare applies to what the bridge itself declares in Kazoo mode (the
+	// "targeted" exchange): auto (default), passive or create, as for consumers.
+	Declare string `toml:"declare"`
 	// TLS for amqps:// brokers: CA bundle, client certificate and key (PEM files).
 	TLSCA   string `toml:"tls_ca"`
 	TLSCert string `toml:"tls_cert"`
@@ -44,13 +49,24 @@ type AMQPConfig struct {
 
 // ConsumeConfig is one [[amqp.consume]].
 type ConsumeConfig struct {
+	// Name labels the consumer in metrics, logs and the status page; default its
+	// queue, else EXCHANGE/ROUTING_KEY.
+	Name         string   `toml:"name"`
 	Exchange     string   `toml:"exchange"`      // "" = the default exchange (queue must exist or be named)
 	ExchangeType string   `toml:"exchange_type"` // declared with this type; default topic
 	RoutingKey   string   `toml:"routing_key"`
 	RoutingKeys  []string `toml:"routing_keys"` // more keys bound to the same queue
 	Queue        string   `toml:"queue"`        // "" = a server-named queue that lives as long as the connection
 	Durable      bool     `toml:"durable"`      // exchange and named queue survive a broker restart
-	Prefetch     int      `toml:"prefetch"`     // unacked messages in flight (default 50)
+	// Declare: auto (default) uses the exchange and queue as they exist and
+	// creates them with these settings only when missing; passive never
+	// creates; create declares with these settings (a mismatch is an error).
+	// amq.* exchanges are only ever checked.
+	Declare string `toml:"declare"`
+	// QueueType is the x-queue-type of a named queue sipside creates: classic
+	// (default), quorum or stream. Quorum and stream queues must be durable.
+	QueueType string `toml:"queue_type"`
+	Prefetch  int    `toml:"prefetch"` // unacked messages in flight (default 50)
 	// Ack is immediate (on receipt), delivered (once the proxy accepted it) or script
 	// (when the routing script calls amqp.ack; nacked with requeue after AckTimeout).
 	Ack        string   `toml:"ack"`
@@ -61,6 +77,31 @@ type ConsumeConfig struct {
 	Deliver string `toml:"deliver"`
 	// Event is the OpenSIPS event raised, and the "event" member of evapi messages.
 	Event string `toml:"event"`
+}
+
+// DisplayName is the consumer's name key, else its queue, else
+// EXCHANGE/ROUTING_KEY.
+func (cc ConsumeConfig) DisplayName() string {
+	switch {
+	case cc.Name != "":
+		return cc.Name
+	case cc.Queue != "":
+		return cc.Queue
+	}
+	keys := cc.keys()
+	return cc.Exchange + "/" + keys[0]
+}
+
+// keys is every routing key to bind, at least one ("" for fanout/headers).
+func (cc ConsumeConfig) keys() []string {
+	keys := cc.RoutingKeys
+	if cc.RoutingKey != "" {
+		keys = append([]string{cc.RoutingKey}, keys...)
+	}
+	if len(keys) == 0 {
+		keys = []string{""}
+	}
+	return keys
 }
 
 // JSONRPCConfig is [jsonrpc].
@@ -180,8 +221,26 @@ func (c *Config) Validate() error {
 	if (a.TLSCert == "") != (a.TLSKey == "") {
 		return errors.New("amqp.tls_cert and amqp.tls_key: give both or neither")
 	}
+	if _, err := rabbit.ParseDeclareMode(a.Declare); err != nil {
+		return fmt.Errorf("amqp.declare: %w", err)
+	}
+	names := make(map[string]int, len(a.Consume))
 	for i, cc := range a.Consume {
 		key := fmt.Sprintf("amqp.consume[%d]", i)
+		if _, err := rabbit.ParseDeclareMode(cc.Declare); err != nil {
+			return fmt.Errorf("%s.declare: %w", key, err)
+		}
+		if err := rabbit.CheckQueue(rabbit.Queue{Name: cc.Queue, Type: cc.QueueType, Durable: cc.Durable,
+			Exclusive: cc.Queue == "", AutoDelete: cc.Queue == ""}); err != nil {
+			return fmt.Errorf("%s.queue_type: %w", key, err)
+		}
+		if cc.QueueType == rabbit.QueueStream && cc.Ack == AckImmediate {
+			return fmt.Errorf("%s.ack: a stream queue needs acks: use ack = \"delivered\" or \"script\"", key)
+		}
+		if j, dup := names[cc.DisplayName()]; dup {
+			return fmt.Errorf("%s.name: %q is also amqp.consume[%d]'s name: give each consumer its own name", key, cc.DisplayName(), j)
+		}
+		names[cc.DisplayName()] = i
 		switch cc.Ack {
 		case AckImmediate, AckDelivered, AckScript:
 		default:

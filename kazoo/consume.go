@@ -12,6 +12,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/sipside/sipside/internal/metrics"
+	"github.com/sipside/sipside/internal/rabbit"
 )
 
 // Message is one consumed message on its way to the proxy.
@@ -42,78 +43,95 @@ type consumer struct {
 	cfg  ConsumeConfig
 	d    Deliverer
 	name string
+	mode rabbit.DeclareMode
 
 	queue atomic.Value // string: the queue consumed now
-	gen   atomic.Int64 // connection generation, part of ack ids
+	gen   atomic.Int64 // channel generation, part of ack ids
 
+	stateMu sync.Mutex
+	isUp    bool
+	lastErr error // why the consumer is down; nil while up or never tried
+	tried   chan struct{}
+	tryOnce sync.Once
+
+	up                                         *metrics.Gauge
 	received, delivered, failed, acked, nacked *metrics.Counter
 }
 
 func newConsumer(b *Bridge, idx int, cfg ConsumeConfig, d Deliverer) *consumer {
-	name := "consume[" + strconv.Itoa(idx) + "]"
+	name := cfg.DisplayName()
 	cv := b.reg.Counter("sipside_amqp_consumer_messages_total", "Consumed messages by outcome (received, delivered, failed, acked, nacked).", "consumer", "outcome")
-	c := &consumer{b: b, idx: idx, cfg: cfg, d: d, name: name,
+	mode, _ := rabbit.ParseDeclareMode(cfg.Declare) // checked by Validate
+	c := &consumer{b: b, idx: idx, cfg: cfg, d: d, name: name, mode: mode,
+		up:       b.reg.Gauge("sipside_amqp_consumer_up", "1 while the consumer is declared, bound and consuming; 0 while it is down (see the log and the status page for why).", "consumer").With(name),
 		received: cv.With(name, "received"), delivered: cv.With(name, "delivered"), failed: cv.With(name, "failed"),
 		acked: cv.With(name, "acked"), nacked: cv.With(name, "nacked"),
 	}
 	c.queue.Store("")
+	c.tried = make(chan struct{})
 	return c
 }
 
-// setup is the consumer's connection hook: declare, bind, consume.
-func (c *consumer) setup(ctx context.Context, conn *amqp.Connection) error {
-	ch, err := conn.Channel()
+// task runs the consumer on its own channel, so that a consumer the broker
+// refuses is down alone and the bridge keeps publishing and querying.
+func (c *consumer) task() rabbit.Task {
+	return rabbit.Task{Name: "consumer " + c.name, Run: c.run, State: c.setState}
+}
+
+func (c *consumer) setState(up bool, err error) {
+	c.stateMu.Lock()
+	c.isUp, c.lastErr = up, err
+	c.stateMu.Unlock()
+	if up || err != nil {
+		c.tryOnce.Do(func() { close(c.tried) })
+	}
+	if up {
+		c.up.Set(1)
+	} else {
+		c.up.Set(0)
+	}
+}
+
+// State reports whether the consumer is up and, if not, why.
+func (c *consumer) state() (bool, error) {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	return c.isUp, c.lastErr
+}
+
+// run declares what the consumer needs as its declare mode says, binds, and
+// hands every delivery to the proxy until the channel closes.
+func (c *consumer) run(ctx context.Context, s *rabbit.Session, ch *amqp.Channel, up func()) error {
+	if err := ch.Qos(c.cfg.Prefetch, 0, false); err != nil {
+		return fmt.Errorf("set prefetch %d: %w", c.cfg.Prefetch, err)
+	}
+	if c.cfg.Exchange != "" {
+		x := rabbit.Exchange{Name: c.cfg.Exchange, Type: c.cfg.ExchangeType, Durable: c.cfg.Durable}
+		if err := rabbit.DeclareExchange(ctx, s.Conn, c.mode, x); err != nil {
+			return err
+		}
+	}
+	q := rabbit.Queue{Name: c.cfg.Queue, Type: c.cfg.QueueType, Durable: c.cfg.Durable}
+	qname, err := rabbit.DeclareQueue(ctx, s.Conn, ch, c.mode, q)
 	if err != nil {
 		return err
 	}
-	fail := func(what string, err error) error {
-		ch.Close()
-		return fmt.Errorf("%s: %s: %w", c.name, what, err)
-	}
-	if err := ch.Qos(c.cfg.Prefetch, 0, false); err != nil {
-		return fail("set prefetch", err)
-	}
 	if c.cfg.Exchange != "" {
-		if err := ch.ExchangeDeclare(c.cfg.Exchange, c.cfg.ExchangeType, c.cfg.Durable, false, false, false, nil); err != nil {
-			return fail(fmt.Sprintf("declare exchange %q (%s, durable=%v); does it exist with other settings?", c.cfg.Exchange, c.cfg.ExchangeType, c.cfg.Durable), err)
-		}
-	}
-	var q amqp.Queue
-	if c.cfg.Queue == "" {
-		q, err = ch.QueueDeclare("", false, true, true, false, nil)
-	} else {
-		q, err = ch.QueueDeclare(c.cfg.Queue, c.cfg.Durable, false, false, false, nil)
-	}
-	if err != nil {
-		return fail(fmt.Sprintf("declare queue %q (durable=%v); does it exist with other settings?", c.cfg.Queue, c.cfg.Durable), err)
-	}
-	if c.cfg.Exchange != "" {
-		keys := c.cfg.RoutingKeys
-		if c.cfg.RoutingKey != "" {
-			keys = append([]string{c.cfg.RoutingKey}, keys...)
-		}
-		if len(keys) == 0 {
-			keys = []string{""}
-		}
-		for _, k := range keys {
-			if err := ch.QueueBind(q.Name, k, c.cfg.Exchange, false, nil); err != nil {
-				return fail(fmt.Sprintf("bind queue %q to %q with key %q", q.Name, c.cfg.Exchange, k), err)
+		for _, k := range c.cfg.keys() {
+			if err := ch.QueueBind(qname, k, c.cfg.Exchange, false, nil); err != nil {
+				return fmt.Errorf("bind queue %q to exchange %q with key %q: %w (the user needs write permission on the queue and read on the exchange)", qname, c.cfg.Exchange, k, err)
 			}
 		}
 	}
-	deliveries, err := ch.Consume(q.Name, "sipside-"+c.name, c.cfg.Ack == AckImmediate, false, false, false, nil)
+	deliveries, err := ch.Consume(qname, "sipside-"+c.name, c.cfg.Ack == AckImmediate, false, false, false, nil)
 	if err != nil {
-		return fail("consume "+q.Name, err)
+		return fmt.Errorf("consume queue %q: %w", qname, err)
 	}
-	c.queue.Store(q.Name)
+	c.queue.Store(qname)
 	gen := c.gen.Add(1)
-	c.b.log.Info("AMQP consumer ready", "consumer", c.name, "queue", q.Name, "exchange", c.cfg.Exchange, "ack", c.cfg.Ack)
-	go func() {
-		for d := range deliveries {
-			c.handle(ctx, gen, d)
-		}
-	}()
-	return nil
+	c.b.log.Info("AMQP consumer ready", "consumer", c.name, "queue", qname, "exchange", c.cfg.Exchange, "ack", c.cfg.Ack)
+	up()
+	return rabbit.ServeDeliveries(ctx, ch, deliveries, func(d amqp.Delivery) { c.handle(ctx, gen, d) })
 }
 
 // handle delivers one message; messages of one consumer go to the proxy in order.
@@ -166,6 +184,13 @@ func (c *consumer) status(out []byte) []byte {
 	out = appendString(out, c.cfg.Exchange)
 	out = append(out, `,"ack":`...)
 	out = appendString(out, c.cfg.Ack)
+	up, err := c.state()
+	out = append(out, `,"up":`...)
+	out = strconv.AppendBool(out, up)
+	if err != nil {
+		out = append(out, `,"error":`...)
+		out = appendString(out, err.Error())
+	}
 	out = append(out, `,"received":`...)
 	out = strconv.AppendUint(out, c.received.Value(), 10)
 	out = append(out, `,"delivered":`...)

@@ -41,10 +41,12 @@ func TestConsumeToOpenSIPSRaiseEvent(t *testing.T) {
 		t.Fatal(err)
 	}
 	b, _ := startBridge(t, u, func(c *Config) {
-		c.AMQP.Consume = []ConsumeConfig{{Exchange: testExchange, RoutingKey: "route.req.#", Ack: AckDelivered, Deliver: o.Target("udp"), Event: "E_AMQP_ROUTE_REQ"}}
+		// amq.topic: the predefined exchange most deployments bind to, durable,
+		// which sipside must use as it is.
+		c.AMQP.Consume = []ConsumeConfig{{Exchange: "amq.topic", RoutingKey: "route.req.#", Ack: AckDelivered, Deliver: o.Target("udp"), Event: "E_AMQP_ROUTE_REQ"}}
 	}, Options{})
 	waitFor(t, 10*time.Second, "consumer", func() bool { return b.consumers[0].queue.Load().(string) != "" })
-	if _, err := b.Publish(ctx, PublishRequest{Exchange: testExchange, RoutingKey: "route.req.lookup", Body: []byte(`{"user":"alice"}`)}); err != nil {
+	if _, err := b.Publish(ctx, PublishRequest{Exchange: "amq.topic", RoutingKey: "route.req.lookup", Body: []byte(`{"user":"alice"}`)}); err != nil {
 		t.Fatal(err)
 	}
 	pc.SetReadDeadline(time.Now().Add(10 * time.Second))
@@ -231,7 +233,7 @@ func TestKamailioScriptCallsAndEvapi(t *testing.T) {
 	}
 	b, _ := startBridge(t, u, func(c *Config) {
 		c.JSONRPC.Listen = []string{"netstring:127.0.0.1:" + strconv.Itoa(ports["netstring"]), "http://127.0.0.1:" + strconv.Itoa(ports["http"])}
-		c.AMQP.Consume = []ConsumeConfig{{Exchange: testExchange, RoutingKey: "kam.ev.#", Ack: AckDelivered, Deliver: "evapi:127.0.0.1:" + strconv.Itoa(evapiPort), Event: "amqp"}}
+		c.AMQP.Consume = []ConsumeConfig{{Exchange: "amq.topic", RoutingKey: "kam.ev.#", Ack: AckDelivered, Deliver: "evapi:127.0.0.1:" + strconv.Itoa(evapiPort), Event: "amqp"}}
 	}, Options{})
 	k := testenv.NewKamailio(t, testenv.KamailioConfig{Name: "kazoo", Template: kamailioTemplate(),
 		Vars: map[string]any{"netstring": ports["netstring"], "http": ports["http"], "evapi": evapiPort}})
@@ -272,7 +274,7 @@ func TestKamailioScriptCallsAndEvapi(t *testing.T) {
 		conn, _ := amqp.Dial(u)
 		defer conn.Close()
 		ch, _ := conn.Channel()
-		ch.Publish(testExchange, "kam.ev.x", false, false, amqp.Publishing{Body: []byte(`{"user":"bob"}`)})
+		ch.Publish("amq.topic", "kam.ev.x", false, false, amqp.Publishing{Body: []byte(`{"user":"bob"}`)})
 		var got string
 		waitFor(t, 10*time.Second, "the message in Kamailio's htable", func() bool {
 			res, err := k.RPC(ctx, "htable.get", "t", "evapi")

@@ -13,6 +13,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/sipside/sipside/internal/metrics"
+	"github.com/sipside/sipside/internal/rabbit"
 )
 
 // TargetedExchange is where Kazoo apps send replies, keyed by the request's Server-ID.
@@ -35,6 +36,11 @@ type querier struct {
 	mu      sync.Mutex
 	waiters map[string]chan []byte
 
+	// targetedTried is closed once the Kazoo reply queue was set up (or
+	// refused) the first time; nil outside Kazoo mode.
+	targetedTried chan struct{}
+	targetedOnce  sync.Once
+
 	parsers fastjson.ParserPool
 
 	drops    *metrics.CounterVec
@@ -47,7 +53,7 @@ type querier struct {
 func newQuerier(b *Bridge) *querier {
 	var r [4]byte
 	_, _ = randRead(r[:])
-	return &querier{
+	q := &querier{
 		b: b,
 		// Like kazoo's "kamailio@host-<1>-targeted-0", unique per process so that two
 		// sipsides on one host never share a reply queue.
@@ -59,6 +65,10 @@ func newQuerier(b *Bridge) *querier {
 		latency:  b.reg.Histogram("sipside_amqp_query_seconds", "Query round trip (publish to reply).", nil).With(),
 		inflight: b.reg.Gauge("sipside_amqp_queries_inflight", "Queries waiting for a reply.").With(),
 	}
+	if b.cfg.AMQP.Kazoo {
+		q.targetedTried = make(chan struct{})
+	}
+	return q
 }
 
 func (q *querier) register(id string) chan []byte {
@@ -109,33 +119,36 @@ func (q *querier) onTargeted(d amqp.Delivery) {
 	q.deliver(id, d.Body)
 }
 
-// declareTargeted is the Kazoo-mode hook: our reply queue on the targeted exchange.
-func (q *querier) declareTargeted(ctx context.Context, conn *amqp.Connection) error {
-	ch, err := conn.Channel()
-	if err != nil {
-		return err
-	}
-	// Declared as kazoo declares it (direct, not durable): a different declaration of
-	// an existing exchange would be refused.
-	if err := ch.ExchangeDeclare(TargetedExchange, "direct", false, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare exchange %q: %w (it exists with other settings? kazoo declares it direct, non-durable)", TargetedExchange, err)
-	}
-	if _, err := ch.QueueDeclare(q.serverID, false, true, true, false, nil); err != nil {
-		return fmt.Errorf("declare reply queue %q: %w", q.serverID, err)
-	}
-	if err := ch.QueueBind(q.serverID, q.serverID, TargetedExchange, false, nil); err != nil {
-		return fmt.Errorf("bind reply queue: %w", err)
-	}
-	deliveries, err := ch.Consume(q.serverID, "", true, true, false, false, nil)
-	if err != nil {
-		return fmt.Errorf("consume reply queue: %w", err)
-	}
-	go func() {
-		for d := range deliveries {
-			q.onTargeted(d)
+// targetedTask is the Kazoo-mode reply path: our queue on the targeted
+// exchange, on a channel of its own.
+func (q *querier) targetedTask() rabbit.Task {
+	mode, _ := rabbit.ParseDeclareMode(q.b.cfg.AMQP.Declare) // checked by Validate
+	tried := func(up bool, err error) {
+		if up || err != nil {
+			q.targetedOnce.Do(func() { close(q.targetedTried) })
 		}
-	}()
-	return nil
+	}
+	return rabbit.Task{Name: "kazoo reply queue " + q.serverID, State: tried, Run: func(ctx context.Context, s *rabbit.Session, ch *amqp.Channel, up func()) error {
+		// Created as kazoo creates it (direct, not durable) when missing; one
+		// that exists is used as it is.
+		x := rabbit.Exchange{Name: TargetedExchange, Type: amqp.ExchangeDirect}
+		if err := rabbit.DeclareExchange(ctx, s.Conn, mode, x); err != nil {
+			return err
+		}
+		// Ours alone, whatever the mode: the name is unique to this process.
+		if _, err := ch.QueueDeclare(q.serverID, false, true, true, false, nil); err != nil {
+			return fmt.Errorf("declare reply queue %q: %w", q.serverID, err)
+		}
+		if err := ch.QueueBind(q.serverID, q.serverID, TargetedExchange, false, nil); err != nil {
+			return fmt.Errorf("bind reply queue %q to %q: %w", q.serverID, TargetedExchange, err)
+		}
+		deliveries, err := ch.Consume(q.serverID, "", true, true, false, false, nil)
+		if err != nil {
+			return fmt.Errorf("consume reply queue %q: %w", q.serverID, err)
+		}
+		up()
+		return rabbit.ServeDeliveries(ctx, ch, deliveries, q.onTargeted)
+	}}
 }
 
 // kazooFields adds what Kazoo apps expect to a JSON object body, keeping members the

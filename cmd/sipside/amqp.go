@@ -222,9 +222,14 @@ func amqpConsume(ctx context.Context, e *env, f *amqpFlags) int {
 	defer cancel()
 	msgs := make(chan amqp.Delivery, 64)
 	setupErr := make(chan error, 1)
-	// A hook, so that after a reconnect the queue is declared and bound again.
-	_, _ = m.OnConnect(ctx, func(ctx context.Context, conn *amqp.Connection) error {
-		err := consumeSetup(ctx, conn, f, msgs)
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	// A task, so that after a reconnect the queue is declared and bound again;
+	// a refusal ends the command instead of being retried.
+	m.Go(ctx, rabbit.Task{Name: "sipside amqp consume", Run: func(ctx context.Context, s *rabbit.Session, ch *amqp.Channel, up func()) error {
+		return consumeRun(ctx, s, ch, f, up, msgs)
+	}, State: func(up bool, err error) {
 		if err != nil {
 			select {
 			case setupErr <- err:
@@ -232,11 +237,7 @@ func amqpConsume(ctx context.Context, e *env, f *amqpFlags) int {
 			}
 			cancel()
 		}
-		return err
-	})
-	done := make(chan struct{})
-	go func() { m.Run(ctx); close(done) }()
-	defer func() { cancel(); <-done }()
+	}})
 	n := 0
 	for {
 		select {
@@ -277,42 +278,34 @@ func amqpConsume(ctx context.Context, e *env, f *amqpFlags) int {
 	}
 }
 
-func consumeSetup(ctx context.Context, conn *amqp.Connection, f *amqpFlags, out chan<- amqp.Delivery) error {
-	if f.exchange != "" {
-		// Passive: an operator's tool must not create exchanges by typo.
-		if err := rabbit.ExchangeExists(ctx, conn, f.exchange); err != nil {
-			return err
-		}
-	}
-	ch, err := conn.Channel()
-	if err != nil {
+// consumeRun binds a private queue to the exchange, which is only checked:
+// an operator's tool must not create exchanges by typo.
+func consumeRun(ctx context.Context, s *rabbit.Session, ch *amqp.Channel, f *amqpFlags, up func(), out chan<- amqp.Delivery) error {
+	if err := rabbit.DeclareExchange(ctx, s.Conn, rabbit.DeclarePassive, rabbit.Exchange{Name: f.exchange}); err != nil {
 		return err
 	}
-	q, err := ch.QueueDeclare("", false, true, true, false, nil)
+	q, err := rabbit.DeclareQueue(ctx, s.Conn, ch, rabbit.DeclareAuto, rabbit.Queue{})
 	if err != nil {
 		return fmt.Errorf("declare a temporary queue: %w", err)
 	}
 	if f.exchange != "" {
 		for _, k := range strings.Split(f.key, ",") {
-			if err := ch.QueueBind(q.Name, k, f.exchange, false, nil); err != nil {
+			if err := ch.QueueBind(q, k, f.exchange, false, nil); err != nil {
 				return fmt.Errorf("bind to %q with %q: %w", f.exchange, k, err)
 			}
 		}
 	}
-	ds, err := ch.Consume(q.Name, "", true, true, false, false, nil)
+	ds, err := ch.Consume(q, "", true, true, false, false, nil)
 	if err != nil {
 		return fmt.Errorf("consume: %w", err)
 	}
-	go func() {
-		for d := range ds {
-			select {
-			case out <- d:
-			case <-ctx.Done():
-				return
-			}
+	up()
+	return rabbit.ServeDeliveries(ctx, ch, ds, func(d amqp.Delivery) {
+		select {
+		case out <- d:
+		case <-ctx.Done():
 		}
-	}()
-	return nil
+	})
 }
 
 // bodyJSON is the body itself when it is JSON, else the body as a JSON string.

@@ -58,9 +58,12 @@ func TestAMQPPublishQueryConsume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ch.ExchangeDeclare("sipside_cli_test", "topic", false, false, false, false, nil); err != nil {
+	// Declared by "the platform" with flags sipside would not choose: every
+	// verb uses it as it is.
+	if err := ch.ExchangeDeclare("sipside_cli_test", "topic", true, false, false, false, amqp.Table{"x-platform": "owned"}); err != nil {
 		t.Fatal(err)
 	}
+	defer ch.ExchangeDelete("sipside_cli_test", false, false)
 	q, _ := ch.QueueDeclare("", false, true, true, false, nil)
 	ch.QueueBind(q.Name, "cli.pub", "sipside_cli_test", false, nil)
 
@@ -98,46 +101,57 @@ func TestAMQPPublishQueryConsume(t *testing.T) {
 			t.Fatalf("exit %d:\n%s", code, out)
 		}
 	})
-	t.Run("consume", func(t *testing.T) {
+	for _, exchange := range []string{"sipside_cli_test", "amq.topic"} {
+		t.Run("consume "+exchange, func(t *testing.T) { testCLIConsume(t, r.URL, conn, exchange) })
+	}
+	t.Run("consume a missing exchange", func(t *testing.T) {
 		e, out := testEnv()
-		done := make(chan int, 1)
-		go func() {
-			done <- cmdAMQP(context.Background(), e, []string{"consume", "--broker", r.URL, "--exchange", "sipside_cli_test", "--routing-key", "cli.ev.#", "--count", "2", "--timeout", "20s"})
-		}()
-		// Publish with mandatory until the consumer's queue is bound: in confirm mode a
-		// return arrives before the confirm of its message.
-		pch, _ := conn.Channel()
-		pch.Confirm(false)
-		returns := pch.NotifyReturn(make(chan amqp.Return, 16))
-		deadline := time.Now().Add(15 * time.Second)
-		for sent := 0; sent < 2; {
-			if time.Now().After(deadline) {
-				t.Fatalf("consumer never bound; output:\n%s", out)
-			}
-			body := []byte(`{"n":0}`)
-			if sent == 1 {
-				body = []byte("not json")
-			}
-			dc, err := pch.PublishWithDeferredConfirm("sipside_cli_test", "cli.ev.x", true, false, amqp.Publishing{Body: body})
-			if err != nil {
-				t.Fatal(err)
-			}
-			dc.Wait()
-			select {
-			case <-returns:
-				time.Sleep(20 * time.Millisecond)
-			default:
-				sent++
-			}
-		}
-		select {
-		case code := <-done:
-			lines := strings.Split(strings.TrimSpace(out.String()), "\n")
-			if code != exitOK || len(lines) != 2 || !strings.Contains(lines[0], `"body":{"n":0}`) || !strings.Contains(lines[1], `"body":"not json"`) || !strings.Contains(lines[0], `"routing_key":"cli.ev.x"`) {
-				t.Fatalf("exit %d:\n%s", code, out)
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatalf("consume did not stop after --count 2:\n%s", out)
+		code := cmdAMQP(context.Background(), e, []string{"consume", "--broker", r.URL, "--exchange", "sipside_cli_nobody", "--count", "1", "--timeout", "10s"})
+		if code != exitFailure || !strings.Contains(out.String(), "NOT_FOUND") {
+			t.Fatalf("exit %d:\n%s", code, out)
 		}
 	})
+}
+
+func testCLIConsume(t *testing.T, url string, conn *amqp.Connection, exchange string) {
+	e, out := testEnv()
+	done := make(chan int, 1)
+	go func() {
+		done <- cmdAMQP(context.Background(), e, []string{"consume", "--broker", url, "--exchange", exchange, "--routing-key", "cli.ev.#", "--count", "2", "--timeout", "20s"})
+	}()
+	// Publish with mandatory until the consumer's queue is bound: in confirm mode a
+	// return arrives before the confirm of its message.
+	pch, _ := conn.Channel()
+	pch.Confirm(false)
+	returns := pch.NotifyReturn(make(chan amqp.Return, 16))
+	deadline := time.Now().Add(15 * time.Second)
+	for sent := 0; sent < 2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("consumer never bound; output:\n%s", out)
+		}
+		body := []byte(`{"n":0}`)
+		if sent == 1 {
+			body = []byte("not json")
+		}
+		dc, err := pch.PublishWithDeferredConfirm(exchange, "cli.ev.x", true, false, amqp.Publishing{Body: body})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dc.Wait()
+		select {
+		case <-returns:
+			time.Sleep(20 * time.Millisecond)
+		default:
+			sent++
+		}
+	}
+	select {
+	case code := <-done:
+		lines := strings.Split(strings.TrimSpace(out.String()), "\n")
+		if code != exitOK || len(lines) != 2 || !strings.Contains(lines[0], `"body":{"n":0}`) || !strings.Contains(lines[1], `"body":"not json"`) || !strings.Contains(lines[0], `"routing_key":"cli.ev.x"`) {
+			t.Fatalf("exit %d:\n%s", code, out)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("consume did not stop after --count 2:\n%s", out)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"sync"
 	"syscall"
 	"time"
 
@@ -126,8 +127,38 @@ type daemon struct {
 	subs  *subscriptions
 	pipe  *evi.Pipeline
 
-	started  time.Time
+	started time.Time
+
+	// partsMu guards what the parts register while the HTTP server already
+	// serves: their status sections and readiness checks.
+	partsMu  sync.Mutex
 	sections []func() statusSection // DMQ, AMQP: parts that report themselves
+	ready    []func() []string      // each returns what is not ready, one line each
+}
+
+// addPart registers a part's status section and readiness check (either may
+// be nil).
+func (d *daemon) addPart(sec func() statusSection, ready func() []string) {
+	d.partsMu.Lock()
+	defer d.partsMu.Unlock()
+	if sec != nil {
+		d.sections = append(d.sections, sec)
+	}
+	if ready != nil {
+		d.ready = append(d.ready, ready)
+	}
+}
+
+// notReady lists what is not ready, in registration order; empty when all is.
+func (d *daemon) notReady() []string {
+	d.partsMu.Lock()
+	checks := d.ready
+	d.partsMu.Unlock()
+	var out []string
+	for _, c := range checks {
+		out = append(out, c()...)
+	}
+	return out
 }
 
 func (d *daemon) run(ctx context.Context, cfg *Config) error {
@@ -139,6 +170,19 @@ func (d *daemon) run(ctx context.Context, cfg *Config) error {
 	}
 	d.pipe = pipe
 	d.subs = newSubscriptions(d.reg, d.log)
+	d.addPart(nil, func() []string {
+		var out []string
+		for _, st := range d.subs.states() {
+			if st.State != "active" {
+				msg := fmt.Sprintf("subscription %s at %s: %s", st.Event, st.Target, st.State)
+				if st.LastError != "" {
+					msg += " (" + st.LastError + ")"
+				}
+				out = append(out, msg)
+			}
+		}
+		return out
+	})
 	var ln net.Listener
 	if cfg.HTTP.Listen != "off" {
 		ln, err = net.Listen("tcp", cfg.HTTP.Listen)
@@ -243,9 +287,23 @@ func (d *daemon) handler() http.Handler {
 		enc.Encode(d.status())
 	})
 	mux.HandleFunc("GET /{$}", d.statusPage)
+	// Liveness: the process serves. Readiness: everything configured works.
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "ok\n")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		bad := d.notReady()
+		if len(bad) == 0 {
+			io.WriteString(w, "ready\n")
+			return
+		}
+		w.WriteHeader(http.StatusServiceUnavailable)
+		io.WriteString(w, "not ready:\n")
+		for _, b := range bad {
+			io.WriteString(w, "- "+b+"\n")
+		}
 	})
 	return mux
 }

@@ -39,7 +39,10 @@ func (d *daemon) status() status {
 	if st.Subscriptions == nil {
 		st.Subscriptions = []evi.SubscriptionState{}
 	}
-	for _, f := range d.sections {
+	d.partsMu.Lock()
+	sections := d.sections
+	d.partsMu.Unlock()
+	for _, f := range sections {
 		st.Sections = append(st.Sections, f())
 	}
 	return st

@@ -22,7 +22,7 @@ func (d *daemon) startDMQ(cfg *Config, pipe *evi.Pipeline) (*dmq.Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("[dmq]: %w", err)
 	}
-	d.sections = append(d.sections, func() statusSection {
+	d.addPart(func() statusSection {
 		sec := statusSection{Title: "DMQ nodes", Note: "this node: " + node.Self().String(),
 			Head: []string{"node", "status", "seed", "last seen", "changed"}}
 		for _, n := range node.Nodes() {
@@ -36,6 +36,13 @@ func (d *daemon) startDMQ(cfg *Config, pipe *evi.Pipeline) (*dmq.Node, error) {
 			sec.Note += fmt.Sprintf(" · htable cells mirrored: %d", h.Len())
 		}
 		return sec
+	}, func() []string {
+		select {
+		case <-node.Joined():
+			return nil
+		default:
+			return []string{"dmq: node " + node.Self().String() + " has not joined the bus yet (no DMQ node answered)"}
+		}
 	})
 	return node, nil
 }
@@ -61,17 +68,49 @@ func (d *daemon) startAMQP(cfg *Config, pipe *evi.Pipeline) (*kazoo.Bridge, erro
 		return nil, fmt.Errorf("[amqp]: %w", err)
 	}
 	brokers := cfg.kazoo().AMQP.Brokers
-	d.sections = append(d.sections, func() statusSection {
-		sec := statusSection{Title: "AMQP bridge", Head: []string{"listener", "address"}}
+	d.addPart(func() statusSection {
+		sec := statusSection{Title: "AMQP bridge", Head: []string{"kind", "name", "state", "detail"}}
 		state := "connected"
-		if err := br.LastError(); err != nil {
-			state = "last connection attempt failed: " + err.Error()
+		if !br.Connected() {
+			state = "not connected"
+			if err := br.LastError(); err != nil {
+				state += "; last attempt: " + err.Error()
+			}
 		}
 		sec.Note = fmt.Sprintf("%d broker(s) configured; %s", len(brokers), state)
 		for kind, addr := range br.Addrs() {
-			sec.Rows = append(sec.Rows, []string{kind, addr})
+			sec.Rows = append(sec.Rows, []string{"listener", kind, "listening", addr})
+		}
+		for _, c := range br.Consumers() {
+			row := []string{"consumer", c.Name, "up", "queue " + c.Queue}
+			if !c.Up {
+				row[2], row[3] = "down", "connecting"
+				if c.Err != nil {
+					row[3] = c.Err.Error()
+				}
+			}
+			sec.Rows = append(sec.Rows, row)
 		}
 		return sec
+	}, func() []string {
+		var out []string
+		if !br.Connected() {
+			msg := "amqp: no broker connected"
+			if err := br.LastError(); err != nil {
+				msg += " (" + err.Error() + ")"
+			}
+			out = append(out, msg)
+		}
+		for _, c := range br.Consumers() {
+			if !c.Up {
+				msg := "amqp: consumer " + c.Name + " is down"
+				if c.Err != nil {
+					msg += ": " + c.Err.Error()
+				}
+				out = append(out, msg)
+			}
+		}
+		return out
 	})
 	return br, nil
 }

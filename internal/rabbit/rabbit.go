@@ -178,6 +178,11 @@ func New(cfg Config) (*Manager, error) {
 		hookErrs:  reg.Counter("sipside_amqp_setup_errors_total", "Topology/consumer setup failures after connecting.", "name").With(cfg.Name),
 		blocked:   reg.Gauge("sipside_amqp_blocked", "1 while the broker blocks publishing (resource alarm).", "name").With(cfg.Name),
 	}
+	// Every broker has its series from the start: a broker that is down from
+	// the first second must show 0, not nothing, or no alert can fire on it.
+	for _, u := range cfg.URLs {
+		m.m.connected.With(cfg.Name, Redact(u)).Set(0)
+	}
 	return m, nil
 }
 
