@@ -36,6 +36,12 @@ type AMQPConfig struct {
 	QueryTimeout Duration `toml:"query_timeout"`
 	// PublishTimeout bounds waiting for a broker confirm (default 5s).
 	PublishTimeout Duration `toml:"publish_timeout"`
+	// MaxQueryTimeout is the longest timeout_ms a query may ask for (default
+	// 60s); more is refused as invalid params.
+	MaxQueryTimeout Duration `toml:"max_query_timeout"`
+	// MaxQueries caps queries waiting for a reply across all connections
+	// (default 4096); more are refused at once (-32008).
+	MaxQueries int `toml:"max_queries"`
 	// Declare applies to what the bridge itself declares in Kazoo mode (the
 	// "targeted" exchange): auto (default), passive or create, as for consumers.
 	Declare string `toml:"declare"`
@@ -145,13 +151,15 @@ const (
 
 // Defaults.
 const (
-	DefaultHeartbeat      = 10 * time.Second
-	DefaultQueryTimeout   = 2 * time.Second
-	DefaultPublishTimeout = 5 * time.Second
-	DefaultAckTimeout     = 30 * time.Second
-	DefaultPrefetch       = 50
-	DefaultMaxFrame       = 64 << 10
-	DefaultMaxConns       = 512
+	DefaultHeartbeat       = 10 * time.Second
+	DefaultQueryTimeout    = 2 * time.Second
+	DefaultPublishTimeout  = 5 * time.Second
+	DefaultMaxQueryTimeout = 60 * time.Second
+	DefaultMaxQueries      = 4096
+	DefaultAckTimeout      = 30 * time.Second
+	DefaultPrefetch        = 50
+	DefaultMaxFrame        = 64 << 10
+	DefaultMaxConns        = 512
 )
 
 // SetDefaults fills every unset key.
@@ -165,6 +173,12 @@ func (c *Config) SetDefaults() {
 	}
 	if a.PublishTimeout == 0 {
 		a.PublishTimeout = Duration(DefaultPublishTimeout)
+	}
+	if a.MaxQueryTimeout == 0 {
+		a.MaxQueryTimeout = Duration(DefaultMaxQueryTimeout)
+	}
+	if a.MaxQueries == 0 {
+		a.MaxQueries = DefaultMaxQueries
 	}
 	if a.Node == "" {
 		h, err := os.Hostname()
@@ -215,8 +229,14 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("amqp.brokers[%d]: %v (want amqp://user:pw@host:port/vhost or amqps://…)", i, err)
 		}
 	}
-	if a.Heartbeat < 0 || a.QueryTimeout < 0 || a.PublishTimeout < 0 {
-		return errors.New("amqp: heartbeat, query_timeout and publish_timeout must not be negative")
+	if a.Heartbeat < 0 || a.QueryTimeout < 0 || a.PublishTimeout < 0 || a.MaxQueryTimeout < 0 {
+		return errors.New("amqp: heartbeat, query_timeout, publish_timeout and max_query_timeout must not be negative")
+	}
+	if a.QueryTimeout > a.MaxQueryTimeout {
+		return fmt.Errorf("amqp.query_timeout: %v is above amqp.max_query_timeout (%v): raise max_query_timeout or lower query_timeout", a.QueryTimeout.Std(), a.MaxQueryTimeout.Std())
+	}
+	if a.MaxQueries < 1 || a.MaxQueries > 1<<20 {
+		return fmt.Errorf("amqp.max_queries: %d: want 1..1048576 queries in flight", a.MaxQueries)
 	}
 	if (a.TLSCert == "") != (a.TLSKey == "") {
 		return errors.New("amqp.tls_cert and amqp.tls_key: give both or neither")

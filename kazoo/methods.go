@@ -17,9 +17,6 @@ const rabbitDirectReplyTo = rabbit.DirectReplyTo
 
 func randRead(b []byte) (int, error) { return rand.Read(b) }
 
-// maxQueryTimeout caps timeout_ms so that a typo cannot pin a waiter for hours.
-const maxQueryTimeout = 30 * time.Second
-
 func (b *Bridge) newDispatcher() *dispatcher {
 	d := &dispatcher{met: newServerMetrics(b.reg)}
 	handlers := map[string]handlerFunc{
@@ -123,11 +120,15 @@ func (b *Bridge) rpcQuery(ctx context.Context, p *fastjson.Value) ([]byte, *rpcE
 	}
 	q := QueryRequest{PublishRequest: r}
 	if t := p.Get("timeout_ms"); t != nil && t.Type() != fastjson.TypeNull {
-		ms, err := t.Int()
+		ms, err := t.Int64()
 		if err != nil || ms <= 0 {
 			return nil, errorf(CodeInvalidParams, "timeout_ms must be a positive integer (milliseconds)")
 		}
-		q.Timeout = min(time.Duration(ms)*time.Millisecond, maxQueryTimeout)
+		// A typo must not pin a waiter for hours: refused, not quietly cut.
+		if limit := b.cfg.AMQP.MaxQueryTimeout.Std(); ms > limit.Milliseconds() {
+			return nil, errorf(CodeInvalidParams, "timeout_ms "+strconv.FormatInt(ms, 10)+" is above the "+strconv.FormatInt(limit.Milliseconds(), 10)+" ms allowed (amqp.max_query_timeout)")
+		}
+		q.Timeout = time.Duration(ms) * time.Millisecond
 	}
 	reply, err := b.Query(ctx, q)
 	if err != nil {
@@ -220,6 +221,8 @@ func toRPCError(err error) *rpcError {
 		code = CodeUnknownID
 	case errors.Is(err, errKazooPayload):
 		code = CodeInvalidParams
+	case errors.Is(err, ErrTooManyQueries):
+		code = CodeBusy
 	}
 	return errorf(code, err.Error())
 }

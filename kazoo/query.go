@@ -7,6 +7,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -25,6 +26,9 @@ var ErrQueryTimeout = errors.New("kazoo: no reply before the timeout")
 // ErrReplyLost: the channel a direct reply-to request went out on died before the
 // reply came; the responder may or may not have acted on the request.
 var ErrReplyLost = errors.New("kazoo: connection to the broker lost before the reply came; the request may have been processed")
+
+// ErrTooManyQueries: amqp.max_queries are waiting for their replies already.
+var ErrTooManyQueries = errors.New("kazoo: too many queries waiting for replies (amqp.max_queries); the responders are slower than the callers: retry later, add responders or raise max_queries")
 
 var errKazooPayload = errors.New("kazoo: with amqp.kazoo on, payload must be a JSON object (Kazoo messages are objects)")
 
@@ -48,6 +52,9 @@ type querier struct {
 	lost     *metrics.Counter
 	latency  *metrics.Histogram
 	inflight *metrics.Gauge
+	refused  *metrics.Counter
+	gone     *metrics.Counter
+	waiting  atomic.Int64 // queries between admission and their end
 }
 
 func newQuerier(b *Bridge) *querier {
@@ -64,6 +71,8 @@ func newQuerier(b *Bridge) *querier {
 		lost:     b.reg.Counter("sipside_amqp_query_lost_total", "Queries whose reply channel died before the reply came.").With(),
 		latency:  b.reg.Histogram("sipside_amqp_query_seconds", "Query round trip (publish to reply).", nil).With(),
 		inflight: b.reg.Gauge("sipside_amqp_queries_inflight", "Queries waiting for a reply.").With(),
+		refused:  b.reg.Counter("sipside_amqp_queries_refused_total", "Queries refused at once because amqp.max_queries were waiting already.").With(),
+		gone:     b.reg.Counter("sipside_amqp_queries_abandoned_total", "Queries given up because their caller went away (connection closed) before the reply.").With(),
 	}
 	if b.cfg.AMQP.Kazoo {
 		q.targetedTried = make(chan struct{})
@@ -207,6 +216,14 @@ type QueryRequest struct {
 // waiter is registered before the publish, so a reply however fast is matched.
 func (b *Bridge) Query(ctx context.Context, r QueryRequest) ([]byte, error) {
 	q := b.q
+	// Admission first: a flood of slow queries is refused at once instead of
+	// piling up waiters, goroutines and memory without bound.
+	if q.waiting.Add(1) > int64(b.cfg.AMQP.MaxQueries) {
+		q.waiting.Add(-1)
+		q.refused.Inc()
+		return nil, ErrTooManyQueries
+	}
+	defer q.waiting.Add(-1)
 	timeout := r.Timeout
 	if timeout <= 0 {
 		timeout = b.cfg.AMQP.QueryTimeout.Std()
@@ -283,14 +300,15 @@ func (b *Bridge) Query(ctx context.Context, r QueryRequest) ([]byte, error) {
 			q.lost.Inc()
 			return nil, ErrReplyLost
 		case <-ctx.Done():
-			q.timeouts.Inc()
-			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				if pubc != nil {
-					return nil, fmt.Errorf("%w (%v), and the request was not even confirmed by the broker: is sipside connected?", ErrQueryTimeout, timeout)
-				}
-				return nil, fmt.Errorf("%w (%v): is a responder consuming %q on %q?", ErrQueryTimeout, timeout, r.RoutingKey, r.Exchange)
+			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				q.gone.Inc()
+				return nil, ctx.Err()
 			}
-			return nil, ctx.Err()
+			q.timeouts.Inc()
+			if pubc != nil {
+				return nil, fmt.Errorf("%w (%v), and the request was not even confirmed by the broker: is sipside connected?", ErrQueryTimeout, timeout)
+			}
+			return nil, fmt.Errorf("%w (%v): is a responder consuming %q on %q?", ErrQueryTimeout, timeout, r.RoutingKey, r.Exchange)
 		}
 	}
 }

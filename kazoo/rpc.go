@@ -2,7 +2,9 @@ package kazoo
 
 import (
 	"context"
+	"errors"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -63,7 +65,7 @@ func (d *dispatcher) handle(ctx context.Context, transport string, req []byte) [
 	v, err := p.ParseBytes(req)
 	if err != nil {
 		d.met.request(transport, "", "parse_error")
-		return errorResponse(nil, CodeParse, "parse error: "+err.Error()+" (send one JSON-RPC 2.0 object)")
+		return errorResponse(nil, CodeParse, parseErrorText(req, err))
 	}
 	if v.Type() != fastjson.TypeObject {
 		d.met.request(transport, "", "invalid")
@@ -113,6 +115,22 @@ func (d *dispatcher) handle(ctx context.Context, transport string, req []byte) [
 	d.met.request(transport, method, "ok")
 	d.met.latency(transport, method, start)
 	return reply(id, resultResponse(id, result))
+}
+
+// maxErrorText bounds the parser's text in an error reply: fastjson repeats
+// its context once per nesting level, 14 KB for a deeply nested request.
+const maxErrorText = 200
+
+// parseErrorText says why req is not JSON, briefly.
+func parseErrorText(req []byte, err error) string {
+	if _, serr := scanJSON(req); errors.Is(serr, errBadFrame) && strings.Contains(serr.Error(), "nested") {
+		return "parse error: " + strings.TrimPrefix(serr.Error(), errBadFrame.Error()+": ") + " (send one JSON-RPC 2.0 object)"
+	}
+	msg := err.Error()
+	if len(msg) > maxErrorText {
+		msg = strings.ToValidUTF8(msg[:maxErrorText], "") + "…"
+	}
+	return "parse error: " + msg + " (send one JSON-RPC 2.0 object)"
 }
 
 var emptyObject = fastjson.MustParse(`{}`)

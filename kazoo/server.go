@@ -30,9 +30,10 @@ const (
 	writeTimeout  = 5 * time.Second
 	// maxPipelined bounds requests in flight on one netstring connection.
 	maxPipelined = 1024
-	// callTimeout bounds a method whose own timeout is not tighter; above the longest
-	// query so that timeout_ms is what ends a query.
-	callTimeout = maxQueryTimeout + 5*time.Second
+	// callSlack is what a call may take beyond the longest query timeout
+	// (amqp.max_query_timeout) before the server gives up on it, so that
+	// timeout_ms is what ends a query.
+	callSlack = 5 * time.Second
 )
 
 type server struct {
@@ -222,8 +223,8 @@ func (s *server) allowed(a net.Addr) bool {
 	return false
 }
 
-func callContext(ctx context.Context) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(ctx, callTimeout)
+func (s *server) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, s.b.cfg.AMQP.MaxQueryTimeout.Std()+callSlack)
 }
 
 // serveRaw speaks what OpenSIPS's jsonrpc module sends: one raw JSON object, no
@@ -231,6 +232,7 @@ func callContext(ctx context.Context) (context.Context, context.CancelFunc) {
 // connection are served in turn, for nc and scripts that reuse it.
 func (s *server) serveRaw(ctx context.Context, c net.Conn) {
 	buf := make([]byte, 0, min(4096, s.cfg.MaxFrame))
+	var peek []byte
 	for {
 		c.SetReadDeadline(time.Now().Add(readTimeout))
 		n, err := scanJSON(buf)
@@ -273,9 +275,17 @@ func (s *server) serveRaw(ctx context.Context, c net.Conn) {
 			return
 		}
 		req := buf[:n]
-		cctx, cancel := callContext(ctx)
+		cctx, cancel := s.callContext(ctx)
+		if peek == nil {
+			peek = make([]byte, 512)
+		}
+		stop := watchPeer(c, peek, cancel)
 		resp := s.b.disp.handle(cctx, ListenTCP, req)
+		early, gone := stop()
 		cancel()
+		if gone {
+			return // the caller hung up: its call was cancelled and nobody reads a reply
+		}
 		if len(resp) > rawReplyMax {
 			s.met.frameError(ListenTCP, "reply_too_big")
 			resp = errorResponse(requestID(req), CodeBusy, fmt.Sprintf("reply of %d bytes is larger than the %d bytes OpenSIPS's jsonrpc module reads; make the responder's answer smaller or call over http", len(resp), rawReplyMax))
@@ -285,7 +295,45 @@ func (s *server) serveRaw(ctx context.Context, c net.Conn) {
 		}
 		rest := copy(buf, buf[n:])
 		buf = buf[:rest]
+		if len(early) > 0 {
+			if len(buf)+len(early) > s.cfg.MaxFrame {
+				s.met.frameError(ListenTCP, "too_big")
+				s.write(c, errorResponse(nil, CodeBusy, fmt.Sprintf("request larger than %d bytes (jsonrpc.max_frame)", s.cfg.MaxFrame)))
+				return
+			}
+			buf = append(buf, early...)
+		}
 	}
+}
+
+// watchPeer reads from c while a call runs, so that a caller that hangs up
+// cancels its call (a query would otherwise wait for its reply, holding a
+// waiter and its goroutines). stop ends the watch and returns what it read
+// meanwhile (the start of a pipelined request) and whether the peer is gone.
+func watchPeer(c net.Conn, peek []byte, cancel context.CancelFunc) (stop func() (early []byte, gone bool)) {
+	type result struct {
+		n   int
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := c.Read(peek)
+		if n == 0 && err != nil && !isTimeout(err) {
+			cancel()
+		}
+		done <- result{n, err}
+	}()
+	return func() ([]byte, bool) {
+		// A deadline in the past wakes the Read without closing anything.
+		c.SetReadDeadline(time.Unix(1, 0))
+		r := <-done
+		return peek[:r.n], r.n == 0 && r.err != nil && !isTimeout(r.err)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // rawReplyMax is what OpenSIPS's jsonrpc module reads of a reply; a longer one would
@@ -352,6 +400,11 @@ func (s *server) serveNetstring(ctx context.Context, c net.Conn) {
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	// The connection's calls end with it: a caller that hangs up leaves no
+	// queries waiting for replies nobody will read. (jsonrpcc and janssonrpcc
+	// keep their connection and never half-close it.)
+	ctx, hangup := context.WithCancel(ctx)
+	defer hangup()
 	sem := make(chan struct{}, maxPipelined)
 	// Requests are handed to idle workers of this connection, and a new one
 	// is started only when none is idle. A goroutine per request would start
@@ -361,7 +414,7 @@ func (s *server) serveNetstring(ctx context.Context, c net.Conn) {
 	defer close(work)
 	var idle atomic.Int32
 	handle := func(payload []byte) {
-		cctx, cancel := callContext(ctx)
+		cctx, cancel := s.callContext(ctx)
 		resp := s.b.disp.handle(cctx, ListenNetstring, payload)
 		cancel()
 		if resp != nil {
@@ -458,7 +511,7 @@ func (s *server) serveHTTP(ctx context.Context, w http.ResponseWriter, r *http.R
 		s.met.frameError(ListenHTTP, "truncated")
 		return
 	}
-	cctx, cancel := callContext(r.Context())
+	cctx, cancel := s.callContext(r.Context())
 	defer cancel()
 	resp := s.b.disp.handle(cctx, ListenHTTP, body)
 	if resp == nil {
