@@ -132,6 +132,9 @@ func NewSubscriber(cfg SubscribeConfig, reg *metrics.Registry, log *slog.Logger)
 		states: map[string]*SubscriptionState{}}
 	for _, e := range cfg.Events {
 		s.states[e] = &SubscriptionState{Target: cfg.Target, Event: e, Socket: cfg.Socket, State: "pending"}
+		// A series from the start: a proxy that never answers must show 0,
+		// not nothing, or no alert can fire on it.
+		s.up.With(cfg.Target, e, cfg.Socket).Set(0)
 	}
 	return s, nil
 }

@@ -1,6 +1,7 @@
 package evi
 
 import (
+	"bytes"
 	"context"
 	"log/slog"
 	"os"
@@ -123,6 +124,24 @@ func TestSubscribeConfigValidate(t *testing.T) {
 		err := c.Validate()
 		if (tt.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tt.err)) {
 			t.Errorf("%d: err = %v, want %q", i, err, tt.err)
+		}
+	}
+}
+
+// Every configured subscription has its up series before the proxy ever
+// answered, so that an alert on sipside_subscription_up == 0 can fire for a
+// proxy that is down from the start.
+func TestSubscriberSeriesFromStart(t *testing.T) {
+	reg := metrics.New()
+	if _, err := NewSubscriber(SubscribeConfig{Target: "opensips:udp:127.0.0.1:9", Events: []string{"E_A", "E_B"}, Socket: "udp:127.0.0.1:9"}, reg, nil); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	reg.WriteTo(&buf)
+	for _, e := range []string{"E_A", "E_B"} {
+		want := `sipside_subscription_up{target="opensips:udp:127.0.0.1:9",event="` + e + `",socket="udp:127.0.0.1:9"} 0`
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("no %s in:\n%s", want, buf.String())
 		}
 	}
 }
