@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/BurntSushi/toml"
+
 	"github.com/sipside/sipside/testenv"
 )
 
@@ -68,6 +70,10 @@ func TestReadmeConfigBlocks(t *testing.T) {
 				t.Fatal(err)
 			}
 			if strings.HasPrefix(f.text, "# fragment") {
+				var v map[string]any
+				if _, err := toml.Decode(f.text, &v); err != nil {
+					t.Errorf("fragment at %s is not TOML: %v", name, err)
+				}
 				return
 			}
 			out, err := exec.Command(bin, "check", "-c", path).CombinedOutput()
