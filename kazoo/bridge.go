@@ -52,6 +52,7 @@ type Bridge struct {
 
 	mgr *rabbit.Manager
 	pub *rabbit.Publisher
+	req *rabbit.Requester // queries: no confirms, the reply confirms
 	q   *querier
 
 	consumers []*consumer
@@ -106,7 +107,15 @@ func New(cfg Config, opts Options) (*Bridge, error) {
 	// Hooks are registered before the manager ever connects, so the first connection
 	// already carries the publisher, the reply consumer and every consumer. Nothing is
 	// connected yet, so the hooks cannot fail here.
-	b.pub, err = b.mgr.NewPublisher(context.Background(), rabbit.PublisherOptions{OnReply: b.q.onDirectReply, Label: "kazoo"})
+	b.pub, err = b.mgr.NewPublisher(context.Background(), rabbit.PublisherOptions{Label: "kazoo"})
+	if err != nil {
+		return nil, err
+	}
+	ro := rabbit.RequesterOptions{OnReturn: b.q.onReturn}
+	if !cfg.AMQP.Kazoo {
+		ro.OnReply = b.q.onDirectReply
+	}
+	b.req, err = b.mgr.NewRequester(context.Background(), ro)
 	if err != nil {
 		return nil, err
 	}
@@ -155,6 +164,7 @@ func (b *Bridge) Run(ctx context.Context) error {
 	defer cancel()
 	g, ctx := errgroup.WithContext(ctx)
 	defer b.pub.Close()
+	defer b.req.Close()
 	if b.srv != nil {
 		if err := b.srv.listen(); err != nil {
 			return err

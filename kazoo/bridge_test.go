@@ -187,6 +187,7 @@ func TestBadInput(t *testing.T) {
 		{"bad timeout", `{"id":1,"jsonrpc":"2.0","method":"amqp.query","params":{"routing_key":"k","payload":{},"timeout_ms":-5}}`, CodeInvalidParams},
 		{"no such exchange", `{"id":1,"jsonrpc":"2.0","method":"amqp.publish","params":{"exchange":"sipside-nope","routing_key":"k","payload":{}}}`, CodeNoExchange},
 		{"unroutable", `{"id":1,"jsonrpc":"2.0","method":"amqp.publish","params":{"exchange":"sipside_kazoo_test","routing_key":"nobody.listens","payload":{}}}`, CodeUnroutable},
+		{"query unroutable", `{"id":1,"jsonrpc":"2.0","method":"amqp.query","params":{"exchange":"sipside_kazoo_test","routing_key":"nobody.listens","payload":{},"timeout_ms":10000}}`, CodeUnroutable},
 		{"reply never comes", `{"id":1,"jsonrpc":"2.0","method":"amqp.query","params":{"exchange":"sipside_kazoo_test","routing_key":"svc.void","payload":{},"timeout_ms":200}}`, CodeTimeout},
 		{"unknown ack id", `{"id":1,"jsonrpc":"2.0","method":"amqp.ack","params":{"id":"9-9-9"}}`, CodeUnknownID},
 	} {

@@ -30,6 +30,8 @@ var ErrReplyLost = errors.New("kazoo: connection to the broker lost before the r
 // ErrTooManyQueries: amqp.max_queries are waiting for their replies already.
 var ErrTooManyQueries = errors.New("kazoo: too many queries waiting for replies (amqp.max_queries); the responders are slower than the callers: retry later, add responders or raise max_queries")
 
+var errCallerGone = errors.New("kazoo: the caller hung up before the reply came; query abandoned")
+
 var errKazooPayload = errors.New("kazoo: with amqp.kazoo on, payload must be a JSON object (Kazoo messages are objects)")
 
 // querier matches replies to waiting queries by correlation id (Msg-ID in Kazoo mode).
@@ -38,7 +40,7 @@ type querier struct {
 	serverID string // routing key of our queue on the targeted exchange
 
 	mu      sync.Mutex
-	waiters map[string]chan []byte
+	waiters map[string]chan answer
 
 	// targetedTried is closed once the Kazoo reply queue was set up (or
 	// refused) the first time; nil outside Kazoo mode.
@@ -47,14 +49,15 @@ type querier struct {
 
 	parsers fastjson.ParserPool
 
-	drops    *metrics.CounterVec
-	timeouts *metrics.Counter
-	lost     *metrics.Counter
-	latency  *metrics.Histogram
-	inflight *metrics.Gauge
-	refused  *metrics.Counter
-	gone     *metrics.Counter
-	waiting  atomic.Int64 // queries between admission and their end
+	drops      *metrics.CounterVec
+	timeouts   *metrics.Counter
+	lost       *metrics.Counter
+	latency    *metrics.Histogram
+	inflight   *metrics.Gauge
+	refused    *metrics.Counter
+	gone       *metrics.Counter
+	unroutable *metrics.Counter
+	waiting    atomic.Int64 // queries between admission and their end
 }
 
 func newQuerier(b *Bridge) *querier {
@@ -64,15 +67,16 @@ func newQuerier(b *Bridge) *querier {
 		b: b,
 		// Like kazoo's "kamailio@host-<1>-targeted-0", unique per process so that two
 		// sipsides on one host never share a reply queue.
-		serverID: b.cfg.AMQP.Node + "-" + strconv.Itoa(os.Getpid()) + "-" + fmt.Sprintf("%x", r) + "-targeted",
-		waiters:  make(map[string]chan []byte),
-		drops:    b.reg.Counter("sipside_amqp_query_replies_dropped_total", "Replies matching no waiting query (late, unknown correlation id, no id).", "reason"),
-		timeouts: b.reg.Counter("sipside_amqp_query_timeouts_total", "Queries that got no reply in time.").With(),
-		lost:     b.reg.Counter("sipside_amqp_query_lost_total", "Queries whose reply channel died before the reply came.").With(),
-		latency:  b.reg.Histogram("sipside_amqp_query_seconds", "Query round trip (publish to reply).", nil).With(),
-		inflight: b.reg.Gauge("sipside_amqp_queries_inflight", "Queries waiting for a reply.").With(),
-		refused:  b.reg.Counter("sipside_amqp_queries_refused_total", "Queries refused at once because amqp.max_queries were waiting already.").With(),
-		gone:     b.reg.Counter("sipside_amqp_queries_abandoned_total", "Queries given up because their caller went away (connection closed) before the reply.").With(),
+		serverID:   b.cfg.AMQP.Node + "-" + strconv.Itoa(os.Getpid()) + "-" + fmt.Sprintf("%x", r) + "-targeted",
+		waiters:    make(map[string]chan answer),
+		drops:      b.reg.Counter("sipside_amqp_query_replies_dropped_total", "Replies matching no waiting query (late, unknown correlation id, no id).", "reason"),
+		timeouts:   b.reg.Counter("sipside_amqp_query_timeouts_total", "Queries that got no reply in time.").With(),
+		lost:       b.reg.Counter("sipside_amqp_query_lost_total", "Queries whose reply channel died before the reply came.").With(),
+		latency:    b.reg.Histogram("sipside_amqp_query_seconds", "Query round trip (publish to reply).", nil).With(),
+		inflight:   b.reg.Gauge("sipside_amqp_queries_inflight", "Queries waiting for a reply.").With(),
+		refused:    b.reg.Counter("sipside_amqp_queries_refused_total", "Queries refused at once because amqp.max_queries were waiting already.").With(),
+		gone:       b.reg.Counter("sipside_amqp_queries_abandoned_total", "Queries given up because their caller went away (connection closed) before the reply.").With(),
+		unroutable: b.reg.Counter("sipside_amqp_queries_unroutable_total", "Queries returned by the broker because no queue was bound for their routing key.").With(),
 	}
 	if b.cfg.AMQP.Kazoo {
 		q.targetedTried = make(chan struct{})
@@ -80,8 +84,14 @@ func newQuerier(b *Bridge) *querier {
 	return q
 }
 
-func (q *querier) register(id string) chan []byte {
-	ch := make(chan []byte, 1)
+// answer is what a waiting query gets: the reply's body, or why none will come.
+type answer struct {
+	body []byte
+	err  error
+}
+
+func (q *querier) register(id string) chan answer {
+	ch := make(chan answer, 1)
 	q.mu.Lock()
 	q.waiters[id] = ch
 	q.mu.Unlock()
@@ -94,7 +104,7 @@ func (q *querier) unregister(id string) {
 	q.mu.Unlock()
 }
 
-func (q *querier) deliver(id string, body []byte) {
+func (q *querier) deliver(id string, r answer) {
 	if id == "" {
 		q.drops.With("no_id").Inc()
 		return
@@ -107,10 +117,24 @@ func (q *querier) deliver(id string, body []byte) {
 		q.drops.With("unknown_id").Inc()
 		return
 	}
-	ch <- body
+	ch <- r
 }
 
-func (q *querier) onDirectReply(d amqp.Delivery) { q.deliver(d.CorrelationId, d.Body) }
+func (q *querier) onDirectReply(d amqp.Delivery) { q.deliver(d.CorrelationId, answer{body: d.Body}) }
+
+// onReturn fails the query that no queue took, at once: the correlation id
+// names it (Msg-ID in Kazoo mode, which the querier also sets as correlation id).
+func (q *querier) onReturn(r amqp.Return) {
+	q.unroutable.Inc()
+	q.mu.Lock()
+	ch, ok := q.waiters[r.CorrelationId]
+	delete(q.waiters, r.CorrelationId)
+	q.mu.Unlock()
+	if ok {
+		ch <- answer{err: fmt.Errorf("%w: exchange %q routing key %q: %d %s (is a responder bound to this key?)",
+			rabbit.ErrReturned, r.Exchange, r.RoutingKey, r.ReplyCode, r.ReplyText)}
+	}
+}
 
 // onTargeted takes a Kazoo reply: the Msg-ID in the body names the query.
 func (q *querier) onTargeted(d amqp.Delivery) {
@@ -125,7 +149,7 @@ func (q *querier) onTargeted(d amqp.Delivery) {
 		q.drops.With("not_json").Inc()
 		return
 	}
-	q.deliver(id, d.Body)
+	q.deliver(id, answer{body: d.Body})
 }
 
 // targetedTask is the Kazoo-mode reply path: our queue on the targeted
@@ -250,65 +274,49 @@ func (b *Bridge) Query(ctx context.Context, r QueryRequest) ([]byte, error) {
 	defer q.unregister(id)
 	q.inflight.Add(1)
 	defer q.inflight.Add(-1)
-	// The confirm is awaited beside the reply, not before it: a reply proves the
-	// request was routed, and the broker may send the confirm after the reply.
-	type published struct {
-		lost <-chan struct{}
-		err  error
-	}
-	pubc := make(chan published, 1)
-	go func() {
-		// Its own deadline: the query returning on a reply must not turn the
-		// confirm still on its way into a counted publish timeout.
-		dl, _ := ctx.Deadline()
-		pctx, pcancel := context.WithDeadline(context.WithoutCancel(ctx), dl)
-		defer pcancel()
-		lost, err := b.pub.PublishWatch(pctx, r.Exchange, r.RoutingKey, msg)
-		pubc <- published{lost, err}
-	}()
-	var lost <-chan struct{}
-	for {
-		select {
-		case reply := <-ch:
-			q.latency.Since(start)
-			return reply, nil
-		case p := <-pubc:
-			pubc = nil
-			if p.err != nil {
-				select {
-				case reply := <-ch:
-					q.latency.Since(start)
-					return reply, nil
-				default:
-				}
-				return nil, p.err
-			}
-			if !b.cfg.AMQP.Kazoo {
-				// In Kazoo mode the targeted reply queue is declared again, same
-				// name, on the next connection: a reply may still arrive there.
-				lost = p.lost
-			}
-			continue
-		case <-lost:
-			// A reply that raced with the loss is still taken.
-			select {
-			case reply := <-ch:
-				q.latency.Since(start)
-				return reply, nil
-			default:
-			}
-			q.lost.Inc()
-			return nil, ErrReplyLost
-		case <-ctx.Done():
-			if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				q.gone.Inc()
-				return nil, ctx.Err()
-			}
+	// Sent without a confirm: the reply is the confirmation. What a confirm
+	// would say comes anyway: a return fails the waiter at once (unroutable),
+	// and lost closes when the channel the reply must come back on dies.
+	lost, err := b.req.Send(ctx, r.Exchange, r.RoutingKey, msg)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
 			q.timeouts.Inc()
-			if pubc != nil {
-				return nil, fmt.Errorf("%w (%v), and the request was not even confirmed by the broker: is sipside connected?", ErrQueryTimeout, timeout)
-			}
-			return nil, fmt.Errorf("%w (%v): is a responder consuming %q on %q?", ErrQueryTimeout, timeout, r.RoutingKey, r.Exchange)
 		}
+		return nil, err
+	}
+	if b.cfg.AMQP.Kazoo {
+		// The targeted reply queue is declared again, same name, on the next
+		// connection: a reply may still arrive there.
+		lost = nil
+	}
+	select {
+	case rep := <-ch:
+		if rep.err != nil {
+			return nil, rep.err
+		}
+		q.latency.Since(start)
+		return rep.body, nil
+	case <-lost:
+		// A reply that raced with the loss is still taken.
+		select {
+		case rep := <-ch:
+			if rep.err == nil {
+				q.latency.Since(start)
+				return rep.body, nil
+			}
+		default:
+		}
+		q.lost.Inc()
+		return nil, ErrReplyLost
+	case <-callerGone(ctx):
+		q.gone.Inc()
+		return nil, errCallerGone
+	case <-ctx.Done():
+		if !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			q.gone.Inc()
+			return nil, ctx.Err()
+		}
+		q.timeouts.Inc()
+		return nil, fmt.Errorf("%w (%v): is a responder consuming %q on %q?", ErrQueryTimeout, timeout, r.RoutingKey, r.Exchange)
 	}
 }

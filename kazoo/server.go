@@ -279,12 +279,14 @@ func (s *server) serveRaw(ctx context.Context, c net.Conn) {
 		if peek == nil {
 			peek = make([]byte, 512)
 		}
-		stop := watchPeer(c, peek, cancel)
+		hungUp := make(chan struct{})
+		stop := watchPeer(c, peek, func() { close(hungUp) })
+		cctx = withCallerGone(cctx, hungUp)
 		resp := s.b.disp.handle(cctx, ListenTCP, req)
 		early, gone := stop()
 		cancel()
 		if gone {
-			return // the caller hung up: its call was cancelled and nobody reads a reply
+			return // the caller hung up: a query it waited for was abandoned, and nobody reads a reply
 		}
 		if len(resp) > rawReplyMax {
 			s.met.frameError(ListenTCP, "reply_too_big")
@@ -306,11 +308,12 @@ func (s *server) serveRaw(ctx context.Context, c net.Conn) {
 	}
 }
 
-// watchPeer reads from c while a call runs, so that a caller that hangs up
-// cancels its call (a query would otherwise wait for its reply, holding a
-// waiter and its goroutines). stop ends the watch and returns what it read
-// meanwhile (the start of a pipelined request) and whether the peer is gone.
-func watchPeer(c net.Conn, peek []byte, cancel context.CancelFunc) (stop func() (early []byte, gone bool)) {
+// watchPeer reads from c while a call runs, so that a query whose caller
+// hangs up is abandoned (it would otherwise wait for its reply, holding a
+// waiter and its goroutines): hangup runs when the peer is gone. stop ends the
+// watch and returns what it read meanwhile (the start of a pipelined request)
+// and whether the peer is gone.
+func watchPeer(c net.Conn, peek []byte, hangup func()) (stop func() (early []byte, gone bool)) {
 	type result struct {
 		n   int
 		err error
@@ -319,7 +322,7 @@ func watchPeer(c net.Conn, peek []byte, cancel context.CancelFunc) (stop func() 
 	go func() {
 		n, err := c.Read(peek)
 		if n == 0 && err != nil && !isTimeout(err) {
-			cancel()
+			hangup()
 		}
 		done <- result{n, err}
 	}()
@@ -400,11 +403,12 @@ func (s *server) serveNetstring(ctx context.Context, c net.Conn) {
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	// The connection's calls end with it: a caller that hangs up leaves no
-	// queries waiting for replies nobody will read. (jsonrpcc and janssonrpcc
-	// keep their connection and never half-close it.)
-	ctx, hangup := context.WithCancel(ctx)
-	defer hangup()
+	// A caller that hangs up leaves no queries waiting for replies nobody
+	// will read; a publish it started still completes. (jsonrpcc and
+	// janssonrpcc keep their connection and never half-close it.)
+	gone := make(chan struct{})
+	defer close(gone)
+	ctx = withCallerGone(ctx, gone)
 	sem := make(chan struct{}, maxPipelined)
 	// Requests are handed to idle workers of this connection, and a new one
 	// is started only when none is idle. A goroutine per request would start
@@ -470,6 +474,22 @@ func (s *server) serveNetstring(ctx context.Context, c net.Conn) {
 			go worker(payload)
 		}
 	}
+}
+
+type callerGoneKey struct{}
+
+// withCallerGone marks ctx with a channel that is closed when the caller's
+// connection is gone. Only calls that wait on the caller's behalf (queries)
+// give up on it; what the caller asked to be done (a publish, an ack) is
+// done, as OpenSIPS's jsonrpc_notification writes and hangs up at once.
+func withCallerGone(ctx context.Context, gone <-chan struct{}) context.Context {
+	return context.WithValue(ctx, callerGoneKey{}, gone)
+}
+
+// callerGone is the channel of withCallerGone, or nil (never ready).
+func callerGone(ctx context.Context) <-chan struct{} {
+	gone, _ := ctx.Value(callerGoneKey{}).(<-chan struct{})
+	return gone
 }
 
 // maxIdleWorkers bounds the idle request workers a netstring connection keeps.

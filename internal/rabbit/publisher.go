@@ -44,8 +44,6 @@ type Publisher struct {
 	cur     *pubChannel
 	changed chan struct{} // closed and replaced whenever cur changes
 
-	exchanges sync.Map // exchange name → *Session on which it is known to exist
-
 	remove func()
 	met    pubMetrics
 }
@@ -437,7 +435,7 @@ func (p *Publisher) publishOn(ctx context.Context, pc *pubChannel, exchange, key
 
 // sendOn puts the message on the channel and returns the wait for its confirm.
 func (p *Publisher) sendOn(ctx context.Context, pc *pubChannel, exchange, key string, msg amqp.Publishing) (confirm func() error, err error) {
-	err = p.checkExchange(ctx, pc.sess, exchange)
+	err = p.m.checkExchange(ctx, pc.sess, exchange)
 	if err != nil {
 		return nil, err
 	}
@@ -514,17 +512,17 @@ func (pc *pubChannel) forget(tag uint64) {
 // checkExchange makes a publish to a missing exchange a clear error instead of a
 // channel exception that would fail every other publish in flight on the channel.
 // Results are cached per connection.
-func (p *Publisher) checkExchange(ctx context.Context, s *Session, exchange string) error {
+func (m *Manager) checkExchange(ctx context.Context, s *Session, exchange string) error {
 	if exchange == "" || len(exchange) > 4 && exchange[:4] == "amq." {
 		return nil
 	}
-	if known, ok := p.exchanges.Load(exchange); ok && known.(*Session) == s {
+	if known, ok := m.exchanges.Load(exchange); ok && known.(*Session) == s {
 		return nil
 	}
 	if err := ExchangeExists(ctx, s.Conn, exchange); err != nil {
 		return err
 	}
-	p.exchanges.Store(exchange, s)
+	m.exchanges.Store(exchange, s)
 	return nil
 }
 

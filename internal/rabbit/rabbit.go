@@ -95,6 +95,11 @@ type Manager struct {
 	attempted     chan struct{}
 	attemptedOnce sync.Once
 
+	// exchanges caches the exchanges known to exist, per session, so that a
+	// publish to a missing one is a clear error instead of a channel
+	// exception that would fail everything else in flight on its channel.
+	exchanges sync.Map // exchange name → *Session
+
 	m managerMetrics
 }
 
