@@ -85,7 +85,9 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "sipside run: %v\n", err)
 		return exitUsage
 	}
-	d := &daemon{env: e, flags: f, log: log, level: level, reg: metrics.New(), started: time.Now()}
+	reg := metrics.New()
+	registerBuildInfo(reg)
+	d := &daemon{env: e, flags: f, log: log, level: level, reg: reg, started: time.Now()}
 	if err := d.run(ctx, cfg); err != nil {
 		log.Error("sipside stopped", "error", err)
 		return exitFailure
