@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"runtime"
 	"runtime/debug"
 
@@ -64,12 +65,12 @@ func registerBuildInfo(reg *metrics.Registry) {
 }
 
 func cmdVersion(_ context.Context, e *env, args []string) int {
-	if len(args) > 0 {
-		fmt.Fprint(e.stderr, "Usage: sipside version\n\nPrints sipside's version and the Go runtime it was built with.\n\nExample:\n  sipside version\n")
-		if args[0] == "-h" || args[0] == "--help" {
-			return exitOK
-		}
-		return exitUsage
+	fs := newFlagSet("version")
+	help := func(w io.Writer) {
+		fmt.Fprint(w, "Usage: sipside version\n\nPrints sipside's version and the Go runtime it was built with.\n\nExample:\n  sipside version\n")
+	}
+	if _, code, ok := parseArgs(e, fs, help, args, 0, 0); !ok {
+		return code
 	}
 	fmt.Fprintf(e.stdout, "sipside %s (%s %s/%s)\n", version(), runtime.Version(), runtime.GOOS, runtime.GOARCH)
 	return exitOK
