@@ -31,8 +31,9 @@ One-shot AMQP tools on the code of the kazoo bridge:
 
 Broker (first found): --broker, $SIPSIDE_AMQP, amqp://guest:guest@127.0.0.1:5672/.
 
-Exit status: 0 success, 1 failure (unroutable, nacked, no reply, broker down),
-2 bad usage.
+Exit status: 0 success, 1 the operation failed (unroutable, nacked, no reply in
+time, the exchange does not exist, fewer than --count messages), 2 bad usage or
+the broker could not be reached (reported as soon as it refuses).
 
 Flags:
 `
@@ -135,11 +136,11 @@ func cliLogger(e *env) *slog.Logger {
 }
 
 func unreachable(broker string, d time.Duration, last error) string {
-	why := ""
+	const check = "is RabbitMQ running there, and are the credentials and vhost right?"
 	if last != nil {
-		why = " (" + last.Error() + ")"
+		return fmt.Sprintf("cannot reach %v: %s", last, check) // last names the broker
 	}
-	return fmt.Sprintf("cannot reach %s within %v%s: is RabbitMQ running there, and are the credentials and vhost right?", rabbit.Redact(broker), d, why)
+	return fmt.Sprintf("no answer from %s within %v: %s", rabbit.Redact(broker), d, check)
 }
 
 func amqpSend(ctx context.Context, e *env, verb string, f *amqpFlags, body []byte) int {
@@ -161,9 +162,11 @@ func amqpSend(ctx context.Context, e *env, verb string, f *amqpFlags, body []byt
 
 	deadline, dcancel := context.WithTimeout(ctx, f.timeout)
 	defer dcancel()
-	if err := b.Ready(deadline); err != nil {
+	// The first round over the broker list, not the first connection: a
+	// refused connection is reported at once instead of after --timeout.
+	if err := b.FirstReady(deadline); err != nil {
 		fmt.Fprintf(e.stderr, "sipside amqp %s: %s\n", verb, unreachable(f.broker, f.timeout, b.LastError()))
-		return exitFailure
+		return exitUsage
 	}
 	req := kazoo.PublishRequest{Exchange: f.exchange, RoutingKey: f.key, Body: body, ContentType: f.contentType, Persistent: f.persistent}
 	if verb == "publish" {
@@ -250,7 +253,7 @@ func amqpConsume(ctx context.Context, e *env, f *amqpFlags) int {
 			}
 			if m.Current() == nil && n == 0 {
 				fmt.Fprintf(e.stderr, "sipside amqp consume: %s\n", unreachable(f.broker, f.timeout, m.LastError()))
-				return exitFailure
+				return exitUsage
 			}
 			if f.count > 0 && n < f.count {
 				fmt.Fprintf(e.stderr, "sipside amqp consume: stopped after %d of %d messages\n", n, f.count)

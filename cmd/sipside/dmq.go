@@ -42,7 +42,7 @@ written exactly as in its config (repeat it for several). $SIPSIDE_DMQ_LISTEN an
 $SIPSIDE_DMQ_SEEDS (comma-separated) are the defaults.
 
 Exit status: 0 success, 1 the operation failed (a node refused it, a cell does
-not exist, nobody answered the join), 2 bad usage.
+not exist), 2 bad usage or no node answered the join.
 
 Flags:
 `
@@ -278,9 +278,10 @@ func dmqOneShot(ctx context.Context, e *env, cfg dmq.Config, f dmqFlags, cmd str
 		fmt.Fprintf(e.stderr, "sipside dmq %s: %v\n", cmd, err)
 		return exitFailure
 	case <-deadline.C:
+		// Nobody reached: a peer that could not be reached, as for mi and amqp.
 		fmt.Fprintf(e.stderr, "sipside dmq %s: no node answered within %s; check --seed %v and that this node's --listen %s is reachable from it\n",
 			cmd, f.wait, cfg.Seeds, cfg.Listen)
-		return finish(exitFailure)
+		return finish(exitUsage)
 	case <-ctx.Done():
 		return finish(exitFailure)
 	}

@@ -23,6 +23,9 @@ each --to socket string, written as OpenSIPS writes subscriber sockets
 delivery failure on stderr and, on Ctrl-C or SIGTERM, a summary of
 received/delivered/failed per input and backend.
 
+Exit status: 0 stopped by a signal, 1 an input could not start (e.g. its
+address is in use), 2 bad usage.
+
 Flags:
 `
 
@@ -101,19 +104,31 @@ func cmdEvents(ctx context.Context, e *env, args []string) int {
 		}
 		subscribers = append(subscribers, sub)
 	}
-	pipe, err := evi.NewPipeline(cfg, evi.Deps{Stdin: e.stdin, Stdout: evi.LockWriter(e.stdout), Log: log, Metrics: reg}, m, onFailure)
-	if err != nil {
+	// A bad socket string is a bad flag (2); an input that cannot open, e.g.
+	// on an address in use, is a failure of the command (1).
+	if err := cfg.Validate(); err != nil {
 		return usageError(e, fs.Name(), help, "%v", err)
 	}
+	pipe, err := evi.NewPipeline(cfg, evi.Deps{Stdin: e.stdin, Stdout: evi.LockWriter(e.stdout), Log: log, Metrics: reg}, m, onFailure)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "sipside events: %v\n", err)
+		return exitFailure
+	}
+	// The subscribers live as long as the pipeline, also when it cannot start.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wg sync.WaitGroup
 	for _, sub := range subscribers {
 		wg.Add(1)
 		go func() { defer wg.Done(); sub.Run(ctx) }()
 	}
-	if err := pipe.Run(ctx, 4*time.Second); err != nil {
-		fmt.Fprintf(e.stderr, "sipside events: %v\n", err)
-	}
+	runErr := pipe.Run(ctx, 4*time.Second)
+	cancel()
 	wg.Wait()
+	if runErr != nil {
+		fmt.Fprintf(e.stderr, "sipside events: %v\n", runErr)
+		return exitFailure
+	}
 	fmt.Fprint(e.stderr, "\nsummary:\n")
 	printSummary(e, reg)
 	return exitOK

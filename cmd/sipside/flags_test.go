@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -98,7 +99,7 @@ func TestExtraArgumentsAreUsageErrors(t *testing.T) {
 		{"check", cfg, "extra"},
 		{"check", "-c", cfg, cfg},
 		{"run", cfg, "extra"},
-		{"events", "--listen", "udp:127.0.0.1:0", "foo", "bar"},
+		{"events", "--listen", "udp:127.0.0.1:" + strconv.Itoa(testenv.FreePort(t, "udp", "127.0.0.1")), "foo", "bar"},
 		{"events", "status", "x"},
 		{"bench", "x"},
 		{"amqp", "publish", "x", "--routing-key", "k", "--payload", "{}"},

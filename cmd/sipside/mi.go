@@ -34,7 +34,8 @@ opensips:udp:127.0.0.1:8080. Forms:
   kamailio:http://HOST:PORT/RPC   kamailio:fifo:/PATH
 
 Exit status: 0 success, 1 the proxy answered with an error (its code and message
-are printed), 2 bad usage or no answer (the message says what to check).
+are printed) or the -c config is invalid, 2 bad usage or no answer (the message
+says what to check).
 
 Flags:
 `
@@ -85,8 +86,9 @@ func cmdMI(ctx context.Context, e *env, args []string) int {
 	}
 	t, err := miTarget(*target, *config, e)
 	if err != nil {
+		// Only reading the -c file fails here: an invalid config, as for check.
 		fmt.Fprintf(e.stderr, "sipside mi: %v\n", err)
-		return exitUsage
+		return exitFailure
 	}
 	c, err := mi.New(t, mi.Options{Timeout: *timeout, ReplyDir: *replyDir})
 	if err != nil {
