@@ -26,6 +26,11 @@ Arguments:
   A VALUE that is a whole number is sent as a JSON number; quote it to send a
   string: expire=120 sends 120, expire='"120"' sends "120". Kamailio ignores
   parameter names and takes the values in the order given.
+  OpenSIPS commands whose parameter is an array (get_statistics, list_statistics,
+  reset_statistics, fs_subscribe, fs_unsubscribe, b2b_trigger_scenario,
+  dlg_push_var, cluster_broadcast_mi, cluster_send_mi) get the ARGs from that
+  parameter's position on as one array, as opensips-cli does: 'get_statistics
+  core: shmem:' sends [["core:","shmem:"]]; NAME='A B' splits at spaces.
 
 Target (first found): -t, $SIPSIDE_MI, [mi] target of the -c config file,
 opensips:udp:127.0.0.1:8080. Forms:
@@ -43,6 +48,7 @@ Flags:
 const miExample = `
 Examples:
   sipside mi ps
+  sipside mi get_statistics core: shmem:
   sipside mi event_subscribe event=E_PIKE_BLOCKED socket=udp:127.0.0.1:8090 expire=120
   sipside mi -t kamailio:http://127.0.0.1:5071/RPC core.version
   sipside mi htable.sets t key value -t kamailio:udp:127.0.0.1:8090
@@ -89,6 +95,9 @@ func cmdMI(ctx context.Context, e *env, args []string) int {
 		// Only reading the -c file fails here: an invalid config, as for check.
 		fmt.Fprintf(e.stderr, "sipside mi: %v\n", err)
 		return exitFailure
+	}
+	if tgt, err := mi.ParseTarget(t); err == nil && tgt.Dialect == mi.OpenSIPS && *rawParams == "" {
+		params = opensipsArrays(method, params)
 	}
 	c, err := mi.New(t, mi.Options{Timeout: *timeout, ReplyDir: *replyDir})
 	if err != nil {
