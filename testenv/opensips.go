@@ -69,8 +69,10 @@ type OpenSIPSSubscription struct {
 // (tcp:, both modes) payloads for raised events.
 //
 // The emulator knows the commands version, uptime, which, ps, pwd, events_list,
-// event_subscribe, subscribers_list, raise_event and get_statistics; the shapes of ps,
-// pwd and which [command] are plausible, not recorded. It delivers no flatstore or
+// event_subscribe, subscribers_list, raise_event, get_statistics, list_statistics and
+// reset_statistics (whose "statistics" must be an array, as in 3.6.8: `[["core:"]]`);
+// the shapes of ps, pwd, which [command] and the shmem: figures are plausible, not
+// recorded. It delivers no flatstore or
 // xmlrpc events.
 type OpenSIPSServer struct {
 	Real     bool   // a real OpenSIPS process, not the emulator
@@ -203,6 +205,25 @@ var osipsRecipes = map[string][][]string{
 	"subscribers_list": {{}, {"event"}, {"event", "socket"}},
 	"raise_event":      {{"event"}, {"event", "params"}},
 	"get_statistics":   {{"statistics"}},
+	"list_statistics":  {{}, {"statistics"}},
+	"reset_statistics": {{"statistics"}},
+}
+
+// osipsStat is one statistic of the emulator: its group and name, and whether
+// it counts up (reset_statistics may zero it) or reports a state.
+type osipsStat struct {
+	group, name string
+	incremental bool
+}
+
+// osipsStats are the core: and shmem: groups as a real 3.6.8 lists them.
+var osipsStats = []osipsStat{
+	{"core", "rcv_requests", true}, {"core", "rcv_replies", true}, {"core", "fwd_requests", true},
+	{"core", "fwd_replies", true}, {"core", "drop_requests", true}, {"core", "drop_replies", true},
+	{"core", "err_requests", true}, {"core", "err_replies", true}, {"core", "bad_URIs_rcvd", true},
+	{"core", "bad_msg_hdr", true}, {"core", "slow_messages", true}, {"core", "timestamp", false},
+	{"shmem", "total_size", false}, {"shmem", "used_size", false}, {"shmem", "real_used_size", false},
+	{"shmem", "max_used_size", false}, {"shmem", "free_size", false}, {"shmem", "fragments", false},
 }
 
 type osipsSub struct {
@@ -824,11 +845,8 @@ func (e *osipsEmu) run(method string, params *fastjson.Value) ([]byte, *osipsErr
 		wd, _ := os.Getwd()
 		b := appendCJSONString([]byte(`{"WD":`), wd+"/")
 		return append(b, '}'), nil
-	case "get_statistics":
-		e.mu.Lock()
-		up := int(time.Since(e.started).Seconds())
-		e.mu.Unlock()
-		return fmt.Appendf(nil, `{"core:rcv_requests":0,"core:rcv_replies":0,"core:fwd_requests":0,"core:fwd_replies":0,"core:drop_requests":0,"core:drop_replies":0,"core:err_requests":0,"core:err_replies":0,"core:bad_URIs_rcvd":0,"core:bad_msg_hdr":0,"core:slow_messages":0,"core:timestamp":%d}`, up), nil
+	case "get_statistics", "list_statistics", "reset_statistics":
+		return e.statistics(method, args["statistics"])
 	case "events_list":
 		b := []byte(`{"Events":[`)
 		e.mu.Lock()
@@ -848,6 +866,91 @@ func (e *osipsEmu) run(method string, params *fastjson.Value) ([]byte, *osipsErr
 		return e.miRaise(args)
 	}
 	return nil, &osipsErr{-32601, "Method not found", ""}
+}
+
+// statistics answers get_statistics, list_statistics and reset_statistics as
+// 3.6.8's statistics.c does: "statistics" must be a non-empty array (a string
+// is -32602 Invalid params, which is what `get_statistics core:` sent as
+// ["core:"] gets), each item "all" (get only), a group "core:", or one
+// statistic "name" or "group:name"; none found is 404.
+func (e *osipsEmu) statistics(method string, param *fastjson.Value) ([]byte, *osipsErr) {
+	invalid := &osipsErr{-32602, "Invalid params", ""}
+	var want []osipsStat
+	if param == nil { // list_statistics without parameters lists them all
+		want = osipsStats
+	} else {
+		items, err := param.Array()
+		if err != nil || len(items) == 0 {
+			return nil, invalid
+		}
+		for _, it := range items {
+			var name string
+			switch it.Type() {
+			case fastjson.TypeString:
+				name = string(it.GetStringBytes())
+			case fastjson.TypeNumber:
+				name = strconv.Itoa(int(valueint(it.GetFloat64())))
+			default:
+				return nil, invalid
+			}
+			for _, st := range osipsStats {
+				group, isGroup := strings.CutSuffix(name, ":")
+				switch {
+				case name == "all" && method == "get_statistics",
+					isGroup && method != "reset_statistics" && st.group == group,
+					name == st.name || name == st.group+":"+st.name:
+					want = append(want, st)
+				}
+			}
+		}
+	}
+	if len(want) == 0 {
+		return nil, &osipsErr{404, "Statistics Not Found", ""}
+	}
+	if method == "reset_statistics" {
+		return []byte(`"OK"`), nil
+	}
+	e.mu.Lock()
+	up := int(time.Since(e.started).Seconds())
+	e.mu.Unlock()
+	b := []byte{'{'}
+	for i, st := range want {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = appendCJSONString(b, st.group+":"+st.name)
+		b = append(b, ':')
+		switch {
+		case method == "list_statistics" && st.incremental:
+			b = append(b, `"incremental"`...)
+		case method == "list_statistics":
+			b = append(b, `"non-incremental"`...)
+		case st.name == "timestamp":
+			b = strconv.AppendInt(b, int64(up), 10)
+		case st.group == "shmem":
+			b = strconv.AppendInt(b, osipsShmem(st.name), 10)
+		default:
+			b = append(b, '0')
+		}
+	}
+	return append(b, '}'), nil
+}
+
+// osipsShmem is a plausible shared memory figure of a freshly started 3.6.8
+// with the default 32 MiB (not recorded).
+func osipsShmem(name string) int64 {
+	const total, used = 32 << 20, 1 << 20
+	switch name {
+	case "total_size":
+		return total
+	case "used_size":
+		return used
+	case "real_used_size", "max_used_size":
+		return used + 64<<10
+	case "free_size":
+		return total - used - 64<<10
+	}
+	return 120 // fragments
 }
 
 func (e *osipsEmu) eventID(name string) int {

@@ -675,3 +675,45 @@ func TestOpenSIPSVirtualPolicies(t *testing.T) {
 		}
 	}
 }
+
+// The statistics commands take their "statistics" as an array, as in 3.6.8
+// (statistics.c, get_mi_array_param): a string, an empty array or an object
+// item is -32602 Invalid params, nothing found is 404.
+func TestOpenSIPSStatisticsArrays(t *testing.T) {
+	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{})
+	c, err := net.Dial("udp", o.MIUDP)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tests := []struct {
+		method, params string
+		want           []string // parts of the reply
+	}{
+		{"get_statistics", `[["core:"]]`, []string{`"result":{"core:rcv_requests":0,`, `"core:timestamp":`}},
+		{"get_statistics", `{"statistics":["core:","shmem:"]}`, []string{`"core:rcv_requests":0`, `"shmem:total_size":`, `"shmem:free_size":`}},
+		{"get_statistics", `[["rcv_requests","fwd_requests"]]`, []string{`"result":{"core:rcv_requests":0,"core:fwd_requests":0}`}},
+		{"get_statistics", `[["core:","nope:"]]`, []string{`"core:rcv_requests":0`}},
+		{"get_statistics", `["core:"]`, []string{`"error":{"code":-32602,"message":"Invalid params"}`}},
+		{"get_statistics", `{"statistics":"core:"}`, []string{`"error":{"code":-32602,"message":"Invalid params"}`}},
+		{"get_statistics", `[[]]`, []string{`"error":{"code":-32602,"message":"Invalid params"}`}},
+		{"get_statistics", `[[{"a":1}]]`, []string{`"error":{"code":-32602,"message":"Invalid params"}`}},
+		{"get_statistics", `[["nope:"]]`, []string{`"error":{"code":404,"message":"Statistics Not Found"}`}},
+		{"list_statistics", `[["core:"]]`, []string{`"core:rcv_requests":"incremental"`, `"core:timestamp":"non-incremental"`}},
+		{"list_statistics", `["core:"]`, []string{`"error":{"code":-32602,"message":"Invalid params"}`}},
+		{"reset_statistics", `[["core:rcv_requests"]]`, []string{`"result":"OK"`}},
+		{"reset_statistics", `["core:rcv_requests"]`, []string{`"error":{"code":-32602,"message":"Invalid params"}`}},
+	}
+	for _, tc := range tests {
+		req := `{"jsonrpc":"2.0","method":"` + tc.method + `","id":1,"params":` + tc.params + `}`
+		if _, err := c.Write([]byte(req)); err != nil {
+			t.Fatal(err)
+		}
+		got := readDatagram(t, c, 5*time.Second)
+		for _, w := range tc.want {
+			if !bytes.Contains(got, []byte(w)) {
+				t.Errorf("%s %s:\n got %s\nwant it to contain %s", tc.method, tc.params, got, w)
+			}
+		}
+	}
+}

@@ -31,8 +31,9 @@ One-shot AMQP tools on the code of the kazoo bridge:
 
 Broker (first found): --broker, $SIPSIDE_AMQP, amqp://guest:guest@127.0.0.1:5672/.
 
-Exit status: 0 success, 1 failure (unroutable, nacked, no reply, broker down),
-2 bad usage.
+Exit status: 0 success, 1 the operation failed (unroutable, nacked, no reply in
+time, the exchange does not exist, fewer than --count messages), 2 bad usage or
+the broker could not be reached (reported as soon as it refuses).
 
 Flags:
 `
@@ -55,31 +56,24 @@ type amqpFlags struct {
 }
 
 func cmdAMQP(ctx context.Context, e *env, args []string) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fs, _ := amqpFlagSet(e, "")
-		fs.Usage()
-		if len(args) == 0 {
-			return exitUsage
-		}
-		return exitOK
+	fs, f := amqpFlagSet()
+	help := func(w io.Writer) {
+		fmt.Fprint(w, amqpUsage)
+		printFlags(w, fs)
+		fmt.Fprint(w, amqpExample)
 	}
-	verb := args[0]
+	pos, code, ok := parseArgs(e, fs, help, args, 0, 1)
+	if !ok {
+		return code
+	}
+	if len(pos) == 0 {
+		return usageError(e, fs.Name(), help, "no action given: want publish, query or consume")
+	}
+	verb := pos[0]
 	switch verb {
 	case "publish", "query", "consume":
 	default:
-		fmt.Fprintf(e.stderr, "sipside amqp: unknown action %q: want publish, query or consume (try 'sipside amqp --help')\n", verb)
-		return exitUsage
-	}
-	fs, f := amqpFlagSet(e, verb)
-	if err := fs.Parse(args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(e.stderr, "sipside amqp %s: unexpected argument %q\n", verb, fs.Arg(0))
-		return exitUsage
+		return usageError(e, fs.Name(), help, "unknown action %q: want publish, query or consume", verb)
 	}
 	if f.broker == "" {
 		f.broker = e.getenv("SIPSIDE_AMQP")
@@ -88,42 +82,33 @@ func cmdAMQP(ctx context.Context, e *env, args []string) int {
 		f.broker = defaultBroker
 	}
 	if f.key == "" && verb != "consume" {
-		fmt.Fprintf(e.stderr, "sipside amqp %s: --routing-key is required\n", verb)
-		return exitUsage
+		return usageError(e, fs.Name(), help, "%s: --routing-key is required", verb)
 	}
 	if verb == "consume" {
 		if f.exchange == "" {
-			fmt.Fprintln(e.stderr, "sipside amqp consume: --exchange is required (the exchange to bind a temporary queue to)")
-			return exitUsage
+			return usageError(e, fs.Name(), help, "consume: --exchange is required (the exchange to bind a temporary queue to)")
 		}
 		return amqpConsume(ctx, e, f)
 	}
 	body, err := amqpPayload(e, f.payload)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "sipside amqp %s: %v\n", verb, err)
-		return exitUsage
+		return usageError(e, fs.Name(), help, "%s: %v", verb, err)
 	}
 	return amqpSend(ctx, e, verb, f, body)
 }
 
-func amqpFlagSet(e *env, verb string) (*flag.FlagSet, *amqpFlags) {
+func amqpFlagSet() (*flag.FlagSet, *amqpFlags) {
 	f := &amqpFlags{}
-	fs := flag.NewFlagSet("amqp "+verb, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlagSet("amqp")
 	fs.StringVar(&f.broker, "broker", "", "broker `URL`, amqp://user:pw@host:port/vhost or amqps://… (default $SIPSIDE_AMQP or "+defaultBroker+")")
 	fs.StringVar(&f.exchange, "exchange", "", "`EXCHANGE` to publish to or bind to (\"\" is the default exchange)")
 	fs.StringVar(&f.key, "routing-key", "", "routing `KEY` (consume: binding pattern, default #)")
 	fs.StringVar(&f.payload, "payload", "", "message body: `JSON` or any text; - reads stdin")
-	fs.StringVar(&f.contentType, "content-type", "application/json", "content type of the message")
+	fs.StringVar(&f.contentType, "content-type", "application/json", "content `TYPE` of the message")
 	fs.DurationVar(&f.timeout, "timeout", 5*time.Second, "publish/query: give up after `DURATION`; consume: stop after it (0 = until interrupted)")
 	fs.BoolVar(&f.kazoo, "kazoo", false, "add Kazoo's Msg-ID, Server-ID, Node, App-Name, App-Version; query replies come on the targeted exchange")
 	fs.BoolVar(&f.persistent, "persistent", false, "publish with delivery_mode 2 (survives a broker restart in a durable queue)")
 	fs.IntVar(&f.count, "count", 0, "consume: stop after `N` messages (0 = no limit)")
-	fs.Usage = func() {
-		fmt.Fprint(e.stderr, amqpUsage)
-		fs.PrintDefaults()
-		fmt.Fprint(e.stderr, amqpExample)
-	}
 	return fs, f
 }
 
@@ -151,11 +136,11 @@ func cliLogger(e *env) *slog.Logger {
 }
 
 func unreachable(broker string, d time.Duration, last error) string {
-	why := ""
+	const check = "is RabbitMQ running there, and are the credentials and vhost right?"
 	if last != nil {
-		why = " (" + last.Error() + ")"
+		return fmt.Sprintf("cannot reach %v: %s", last, check) // last names the broker
 	}
-	return fmt.Sprintf("cannot reach %s within %v%s: is RabbitMQ running there, and are the credentials and vhost right?", rabbit.Redact(broker), d, why)
+	return fmt.Sprintf("no answer from %s within %v: %s", rabbit.Redact(broker), d, check)
 }
 
 func amqpSend(ctx context.Context, e *env, verb string, f *amqpFlags, body []byte) int {
@@ -177,9 +162,11 @@ func amqpSend(ctx context.Context, e *env, verb string, f *amqpFlags, body []byt
 
 	deadline, dcancel := context.WithTimeout(ctx, f.timeout)
 	defer dcancel()
-	if err := b.Ready(deadline); err != nil {
+	// The first round over the broker list, not the first connection: a
+	// refused connection is reported at once instead of after --timeout.
+	if err := b.FirstReady(deadline); err != nil {
 		fmt.Fprintf(e.stderr, "sipside amqp %s: %s\n", verb, unreachable(f.broker, f.timeout, b.LastError()))
-		return exitFailure
+		return exitUsage
 	}
 	req := kazoo.PublishRequest{Exchange: f.exchange, RoutingKey: f.key, Body: body, ContentType: f.contentType, Persistent: f.persistent}
 	if verb == "publish" {
@@ -267,7 +254,7 @@ func amqpConsume(ctx context.Context, e *env, f *amqpFlags) int {
 			}
 			if m.Current() == nil && n == 0 {
 				fmt.Fprintf(e.stderr, "sipside amqp consume: %s\n", unreachable(f.broker, f.timeout, m.LastError()))
-				return exitFailure
+				return exitUsage
 			}
 			if f.count > 0 && n < f.count {
 				fmt.Fprintf(e.stderr, "sipside amqp consume: stopped after %d of %d messages\n", n, f.count)

@@ -38,12 +38,18 @@ func TestAMQPUsage(t *testing.T) {
 	}
 }
 
+// A refused connection is reported at once with exit 2, well before the
+// default --timeout of 5s that publish used to wait out.
 func TestAMQPBrokerDown(t *testing.T) {
 	port := testenv.FreePort(t, "tcp", "127.0.0.1")
 	e, out := testEnv()
-	code := cmdAMQP(context.Background(), e, []string{"publish", "--broker", "amqp://guest:guest@127.0.0.1:" + strconv.Itoa(port) + "/", "--routing-key", "k", "--payload", "{}", "--timeout", "500ms"})
-	if code != exitFailure || !strings.Contains(out.String(), "connection refused") || !strings.Contains(out.String(), "is RabbitMQ running") {
+	start := time.Now()
+	code := cmdAMQP(context.Background(), e, []string{"publish", "--broker", "amqp://guest:guest@127.0.0.1:" + strconv.Itoa(port) + "/", "--routing-key", "k", "--payload", "{}"})
+	if code != exitUsage || !strings.Contains(out.String(), "connection refused") || !strings.Contains(out.String(), "is RabbitMQ running") {
 		t.Fatalf("exit %d, output:\n%s", code, out)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("took %v to report a refused connection; want it at once, not after --timeout", took)
 	}
 }
 

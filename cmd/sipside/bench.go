@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -25,25 +23,20 @@ Flags:
 `
 
 func cmdBench(ctx context.Context, e *env, args []string) int {
-	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	n := fs.Int("events", 100000, "events per path")
+	fs := newFlagSet("bench")
+	n := fs.Int("events", 100000, "`N` events per path")
 	var tos listFlag
 	fs.Var(&tos, "to", "a backend `SOCKET STRING` to measure as well; repeatable")
-	fs.Usage = func() {
-		fmt.Fprint(e.stderr, benchHelp)
-		fs.PrintDefaults()
-		fmt.Fprint(e.stderr, "\nExample:\n  sipside bench --events 200000 --to rabbitmq:guest:guest@127.0.0.1:5672/sipside_bench\n")
+	help := func(w io.Writer) {
+		fmt.Fprint(w, benchHelp)
+		printFlags(w, fs)
+		fmt.Fprint(w, "\nExample:\n  sipside bench --events 200000 --to rabbitmq:guest:guest@127.0.0.1:5672/sipside_bench\n")
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	if _, code, ok := parseArgs(e, fs, help, args, 0, 0); !ok {
+		return code
 	}
-	if *n < 1 || fs.NArg() > 0 {
-		fs.Usage()
-		return exitUsage
+	if *n < 1 {
+		return usageError(e, fs.Name(), help, "--events %d: want at least 1", *n)
 	}
 	type run struct {
 		name string

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -43,14 +42,16 @@ written exactly as in its config (repeat it for several). $SIPSIDE_DMQ_LISTEN an
 $SIPSIDE_DMQ_SEEDS (comma-separated) are the defaults.
 
 Exit status: 0 success, 1 the operation failed (a node refused it, a cell does
-not exist, nobody answered the join), 2 bad usage.
-
-Examples:
-  sipside dmq watch --listen sip:127.0.0.1:5090 --seed sip:127.0.0.2:5060
-  sipside dmq htable set --listen sip:127.0.0.1:5090 --seed sip:127.0.0.2:5060 repl k1 "hello"
-  sipside dmq htable get --listen sip:127.0.0.1:5090 --seed sip:127.0.0.2:5060 repl k1
+not exist), 2 bad usage or no node answered the join.
 
 Flags:
+`
+
+const dmqExample = `
+Examples:
+  sipside dmq watch --listen sip:127.0.0.1:5090 --seed sip:127.0.0.2:5060
+  sipside dmq htable set repl k1 "hello" --listen sip:127.0.0.1:5090 --seed sip:127.0.0.2:5060
+  sipside dmq htable get --listen sip:127.0.0.1:5090 --seed sip:127.0.0.2:5060 repl k1
 `
 
 type dmqFlags struct {
@@ -64,43 +65,34 @@ type dmqFlags struct {
 }
 
 func cmdDMQ(ctx context.Context, e *env, args []string) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		fmt.Fprint(e.stderr, dmqUsage)
-		dmqFlagSet(e, &dmqFlags{}).PrintDefaults()
-		if len(args) == 0 {
-			return exitUsage
-		}
-		return exitOK
-	}
-	cmd, rest := args[0], args[1:]
-	if (cmd == "htable" || cmd == "usrloc" || cmd == "dialog") && len(rest) > 0 && !strings.HasPrefix(rest[0], "-") {
-		cmd, rest = cmd+" "+rest[0], rest[1:]
-	}
 	var f dmqFlags
-	fs := dmqFlagSet(e, &f)
-	fs.Usage = func() {
-		fmt.Fprint(e.stderr, dmqUsage)
-		fs.PrintDefaults()
+	fs := dmqFlagSet(&f)
+	help := func(w io.Writer) {
+		fmt.Fprint(w, dmqUsage)
+		printFlags(w, fs)
+		fmt.Fprint(w, dmqExample)
 	}
-	if err := fs.Parse(rest); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	pos, code, ok := parseArgs(e, fs, help, args, 0, anyArgs)
+	if !ok {
+		return code
 	}
-	pos := fs.Args()
+	if len(pos) == 0 {
+		return usageError(e, fs.Name(), help, "no COMMAND given")
+	}
+	cmd, pos := pos[0], pos[1:]
+	if (cmd == "htable" || cmd == "usrloc" || cmd == "dialog") && len(pos) > 0 {
+		cmd, pos = cmd+" "+pos[0], pos[1:]
+	}
 	wantArgs := map[string][2]int{ // min, max positional arguments
 		"watch": {0, 0}, "nodes": {0, 0}, "htable dump": {0, 1}, "htable get": {2, 2},
 		"htable set": {3, 3}, "htable delete": {2, 2}, "usrloc dump": {0, 0}, "dialog dump": {0, 0},
 	}
 	n, ok := wantArgs[cmd]
 	if !ok {
-		fmt.Fprintf(e.stderr, "sipside dmq: unknown command %q (try 'sipside dmq --help')\n", cmd)
-		return exitUsage
+		return usageError(e, fs.Name(), help, "unknown command %q", cmd)
 	}
 	if len(pos) < n[0] || len(pos) > n[1] {
-		fmt.Fprintf(e.stderr, "sipside dmq %s: want %d to %d arguments, got %d (try 'sipside dmq --help')\n", cmd, n[0], n[1], len(pos))
-		return exitUsage
+		return usageError(e, fs.Name(), help, "%s: want %s, got %d", cmd, argCount(n[0], n[1]), len(pos))
 	}
 	if f.listen == "" {
 		f.listen = e.getenv("SIPSIDE_DMQ_LISTEN")
@@ -109,16 +101,14 @@ func cmdDMQ(ctx context.Context, e *env, args []string) int {
 		f.seeds = strings.Split(e.getenv("SIPSIDE_DMQ_SEEDS"), ",")
 	}
 	if f.listen == "" {
-		fmt.Fprintln(e.stderr, "sipside dmq: give --listen sip:IP:PORT, the address the Kamailio nodes reach this node at")
-		return exitUsage
+		return usageError(e, fs.Name(), help, "give --listen sip:IP:PORT, the address the Kamailio nodes reach this node at")
 	}
 	cfg := dmq.Config{Listen: f.listen, Seeds: f.seeds, PingInterval: f.ping}
 	if cmd == "htable set" || cmd == "htable delete" || cmd == "htable get" || cmd == "htable dump" {
 		cfg.Peers = []string{dmq.ChannelHTable}
 	}
 	if err := cfg.Validate(); err != nil {
-		fmt.Fprintf(e.stderr, "sipside dmq: %v\n", err)
-		return exitUsage
+		return usageError(e, fs.Name(), help, "%v", err)
 	}
 	if cmd == "watch" {
 		return dmqWatch(ctx, e, cfg, f.verbose)
@@ -126,16 +116,28 @@ func cmdDMQ(ctx context.Context, e *env, args []string) int {
 	return dmqOneShot(ctx, e, cfg, f, cmd, pos)
 }
 
-func dmqFlagSet(e *env, f *dmqFlags) *flag.FlagSet {
-	fs := flag.NewFlagSet("dmq", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+// argCount says how many arguments a command wants, for usage errors.
+func argCount(min, max int) string {
+	switch {
+	case min == max && min == 0:
+		return "no arguments"
+	case min == max && min == 1:
+		return "1 argument"
+	case min == max:
+		return fmt.Sprintf("%d arguments", min)
+	}
+	return fmt.Sprintf("%d to %d arguments", min, max)
+}
+
+func dmqFlagSet(f *dmqFlags) *flag.FlagSet {
+	fs := newFlagSet("dmq")
 	fs.StringVar(&f.listen, "listen", "", "this node's `URI`, sip:IP:PORT")
 	fs.Func("seed", "a Kamailio node's server_address `URI` (repeatable)", func(s string) error {
 		f.seeds = append(f.seeds, s)
 		return nil
 	})
-	fs.DurationVar(&f.ping, "ping", 10*time.Second, "ping interval")
-	fs.DurationVar(&f.wait, "wait", 5*time.Second, "one-shot: how long to wait for the join and the sync answers")
+	fs.DurationVar(&f.ping, "ping", 10*time.Second, "`DURATION` between pings")
+	fs.DurationVar(&f.wait, "wait", 5*time.Second, "one-shot: wait up to `DURATION` for the join and the sync answers")
 	fs.BoolVar(&f.isInt, "int", false, "htable set: the value is an integer")
 	fs.DurationVar(&f.expire, "expire", 0, "htable set: let the cell expire after `DURATION` (whole seconds)")
 	fs.BoolVar(&f.verbose, "v", false, "log the node's own messages to stderr")
@@ -276,9 +278,10 @@ func dmqOneShot(ctx context.Context, e *env, cfg dmq.Config, f dmqFlags, cmd str
 		fmt.Fprintf(e.stderr, "sipside dmq %s: %v\n", cmd, err)
 		return exitFailure
 	case <-deadline.C:
+		// Nobody reached: a peer that could not be reached, as for mi and amqp.
 		fmt.Fprintf(e.stderr, "sipside dmq %s: no node answered within %s; check --seed %v and that this node's --listen %s is reachable from it\n",
 			cmd, f.wait, cfg.Seeds, cfg.Listen)
-		return finish(exitFailure)
+		return finish(exitUsage)
 	case <-ctx.Done():
 		return finish(exitFailure)
 	}

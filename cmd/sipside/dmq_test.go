@@ -20,7 +20,7 @@ func TestDMQUsage(t *testing.T) {
 		{nil, exitUsage, "Usage: sipside dmq"},
 		{[]string{"--help"}, exitOK, "htable set TABLE NAME VALUE"},
 		{[]string{"frobnicate"}, exitUsage, `unknown command "frobnicate"`},
-		{[]string{"htable", "get", "onlyone"}, exitUsage, "want 2 to 2 arguments"},
+		{[]string{"htable", "get", "onlyone"}, exitUsage, "htable get: want 2 arguments, got 1"},
 		{[]string{"watch"}, exitUsage, "give --listen"},
 		{[]string{"watch", "--listen", "sip:127.0.0.1:5090"}, exitUsage, "dmq.seeds"},
 		{[]string{"watch", "--listen", "127.0.0.1:5090", "--seed", "sip:127.0.0.2:5060"}, exitUsage, "sip: scheme"},

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -16,7 +14,7 @@ import (
 	"github.com/sipside/sipside/internal/metrics"
 )
 
-const eventsHelp = `Usage: sipside events --listen SOCKET [--event PATTERN]... --to 'SOCKET STRING'...
+const eventsHelp = `Usage: sipside events [--listen SOCKET]... [--event PATTERN]... [--to 'SOCKET STRING']...
 
 Runs the event pipeline from flags, without a config file: receive events on
 each --listen socket and deliver those matching --event (default: all) to
@@ -25,12 +23,15 @@ each --to socket string, written as OpenSIPS writes subscriber sockets
 delivery failure on stderr and, on Ctrl-C or SIGTERM, a summary of
 received/delivered/failed per input and backend.
 
+Exit status: 0 stopped by a signal, 1 an input could not start (e.g. its
+address is in use), 2 bad usage.
+
 Flags:
 `
 
 const eventsExample = `
-'sipside events status [--http HOST:PORT]' prints the running daemon's
-subscriptions and inputs (from its /api/status).
+'sipside events status [--http HOST:PORT | -c FILE]' prints the running
+daemon's subscriptions and inputs (from its /api/status).
 
 Example:
   sipside events --listen udp:127.0.0.1:8090 --to stdout:
@@ -49,40 +50,34 @@ func cmdEvents(ctx context.Context, e *env, args []string) int {
 	if len(args) > 0 && args[0] == "status" {
 		return cmdEventsStatus(ctx, e, args[1:])
 	}
-	fs := flag.NewFlagSet("events", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlagSet("events")
 	var listens, tos, evs, subs listFlag
-	fs.Var(&listens, "listen", "input `SOCKET` (udp:HOST:PORT, unix:/path, tcp:HOST:PORT, evapi:HOST:PORT, stdin:); repeatable; default udp:127.0.0.1:8090")
+	fs.Var(&listens, "listen", "input `SOCKET` (udp:HOST:PORT, unix:/PATH, tcp:HOST:PORT, evapi:HOST:PORT, stdin:); repeatable; default udp:127.0.0.1:8090")
 	fs.Var(&tos, "to", "destination `SOCKET STRING`; repeatable; default stdout:")
 	fs.Var(&evs, "event", "event name or glob `PATTERN` to route; repeatable; default all")
 	fs.Var(&subs, "subscribe", "OpenSIPS MI `TARGET` to event_subscribe the --event names at, for the first --listen socket; repeatable")
-	expire := fs.Int("expire", 3600, "with --subscribe: subscription lifetime in `seconds`; refreshed at 2/3")
+	expire := fs.Int("expire", 3600, "with --subscribe: subscription lifetime in `SECONDS`; refreshed at 2/3")
 	logLevel := fs.String("log-level", "warn", "log `LEVEL`: debug, info, warn, error")
-	fs.Usage = func() {
-		fmt.Fprint(e.stderr, eventsHelp)
-		fs.PrintDefaults()
-		fmt.Fprint(e.stderr, eventsExample)
+	help := func(w io.Writer) {
+		fmt.Fprint(w, eventsHelp)
+		printFlags(w, fs)
+		fmt.Fprint(w, eventsExample)
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	if _, code, ok := parseArgs(e, fs, help, args, 0, 0); !ok {
+		return code
 	}
 	if len(listens) == 0 {
 		listens = listFlag{"udp:127.0.0.1:8090"}
 	}
 	if len(subs) > 0 && len(evs) == 0 {
-		fmt.Fprintln(e.stderr, "sipside events: --subscribe needs the event names: --event E_UL_CONTACT_INSERT …")
-		return exitUsage
+		return usageError(e, fs.Name(), help, "--subscribe needs the event names: --event E_UL_CONTACT_INSERT …")
 	}
 	if len(tos) == 0 {
 		tos = listFlag{"stdout:"}
 	}
 	lv, err := parseLevel(*logLevel)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "sipside events: --log-level %v\n", err)
-		return exitUsage
+		return usageError(e, fs.Name(), help, "--log-level %v", err)
 	}
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: lv}))
 	var cfg evi.Config
@@ -105,25 +100,35 @@ func cmdEvents(ctx context.Context, e *env, args []string) int {
 	for _, target := range subs {
 		sub, err := evi.NewSubscriber(evi.SubscribeConfig{Target: target, Events: evs, Socket: listens[0], Expire: *expire}, reg, log)
 		if err != nil {
-			fmt.Fprintf(e.stderr, "sipside events: --subscribe %s: %v\n", target, err)
-			return exitUsage
+			return usageError(e, fs.Name(), help, "--subscribe %s: %v", target, err)
 		}
 		subscribers = append(subscribers, sub)
+	}
+	// A bad socket string is a bad flag (2); an input that cannot open, e.g.
+	// on an address in use, is a failure of the command (1).
+	if err := cfg.Validate(); err != nil {
+		return usageError(e, fs.Name(), help, "%v", err)
 	}
 	pipe, err := evi.NewPipeline(cfg, evi.Deps{Stdin: e.stdin, Stdout: evi.LockWriter(e.stdout), Log: log, Metrics: reg}, m, onFailure)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "sipside events: %v\n", err)
-		return exitUsage
+		return exitFailure
 	}
+	// The subscribers live as long as the pipeline, also when it cannot start.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	var wg sync.WaitGroup
 	for _, sub := range subscribers {
 		wg.Add(1)
 		go func() { defer wg.Done(); sub.Run(ctx) }()
 	}
-	if err := pipe.Run(ctx, 4*time.Second); err != nil {
-		fmt.Fprintf(e.stderr, "sipside events: %v\n", err)
-	}
+	runErr := pipe.Run(ctx, 4*time.Second)
+	cancel()
 	wg.Wait()
+	if runErr != nil {
+		fmt.Fprintf(e.stderr, "sipside events: %v\n", runErr)
+		return exitFailure
+	}
 	fmt.Fprint(e.stderr, "\nsummary:\n")
 	printSummary(e, reg)
 	return exitOK
@@ -144,20 +149,17 @@ func printSummary(e *env, reg *metrics.Registry) {
 }
 
 func cmdEventsStatus(ctx context.Context, e *env, args []string) int {
-	fs := flag.NewFlagSet("events status", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlagSet("events status")
 	addr := fs.String("http", "", "the daemon's observability `HOST:PORT` (default: [http] listen of -c, else "+defaultHTTPListen+")")
 	cfgPath := fs.String("c", "", "config `FILE` to read [http] listen from")
-	fs.Usage = func() {
-		fmt.Fprint(e.stderr, "Usage: sipside events status [--http HOST:PORT | -c FILE]\n\nPrints the running daemon's event subscriptions (state, expiry, last error) and inputs as JSON.\n\nFlags:\n")
-		fs.PrintDefaults()
-		fmt.Fprint(e.stderr, "\nExample:\n  sipside events status --http 127.0.0.1:9690\n")
+	help := func(w io.Writer) {
+		fmt.Fprint(w, "Usage: sipside events status [--http HOST:PORT | -c FILE]\n\nPrints the running daemon's event subscriptions (state, expiry, last error) and inputs as JSON.\n\n"+
+			"Exit status: 0 success, 1 the daemon answered with an error or the -c config is invalid,\n2 bad usage or no daemon answering there.\n\nFlags:\n")
+		printFlags(w, fs)
+		fmt.Fprint(w, "\nExample:\n  sipside events status --http 127.0.0.1:9690\n")
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	if _, code, ok := parseArgs(e, fs, help, args, 0, 0); !ok {
+		return code
 	}
 	if *addr == "" {
 		*addr = defaultHTTPListen

@@ -44,8 +44,8 @@ func commands() []command {
 // Exit codes shared by every subcommand.
 const (
 	exitOK      = 0
-	exitFailure = 1 // the operation failed (bad config, error reply)
-	exitUsage   = 2 // bad usage, or a capability that is not built
+	exitFailure = 1 // the operation failed: an error answer, an invalid config, a nacked or unroutable message
+	exitUsage   = 2 // bad usage, or the peer (proxy, broker, DMQ node, daemon) could not be reached
 )
 
 func main() {
@@ -56,14 +56,21 @@ func main() {
 }
 
 func dispatch(ctx context.Context, e *env, args []string) int {
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		usage(e.stderr)
-		if len(args) == 0 {
-			return exitUsage
-		}
-		return exitOK
+	if len(args) == 0 {
+		return usageError(e, "sipside", usage, "no command given")
 	}
-	if args[0] == "--version" || args[0] == "-version" {
+	switch args[0] {
+	case "-h", "-help", "--help":
+		usage(e.stdout)
+		return exitOK
+	case "help":
+		// `sipside help mi` is `sipside mi --help`.
+		if len(args) == 1 {
+			usage(e.stdout)
+			return exitOK
+		}
+		args = []string{args[1], "--help"}
+	case "-version", "--version":
 		return cmdVersion(ctx, e, nil)
 	}
 	for _, c := range commands() {
@@ -71,16 +78,14 @@ func dispatch(ctx context.Context, e *env, args []string) int {
 			return c.run(ctx, e, args[1:])
 		}
 	}
-	fmt.Fprintf(e.stderr, "sipside: unknown command %q\n\n", args[0])
-	usage(e.stderr)
-	return exitUsage
+	return usageError(e, "sipside", usage, "unknown command %q", args[0])
 }
 
 func usage(w io.Writer) {
-	fmt.Fprint(w, `sipside lives beside an OpenSIPS or Kamailio proxy: reliable event delivery,
-a seat on Kamailio's DMQ bus, and an AMQP bridge for routing scripts.
+	fmt.Fprint(w, `Usage: sipside COMMAND [FLAGS] [ARGS]
 
-Usage: sipside COMMAND [FLAGS] [ARGS]
+sipside lives beside an OpenSIPS or Kamailio proxy: reliable event delivery,
+a seat on Kamailio's DMQ bus, and an AMQP bridge for routing scripts.
 
 Commands:
 `)
@@ -88,6 +93,11 @@ Commands:
 		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
 	}
 	fmt.Fprint(w, `
-Run 'sipside COMMAND --help' for a command's flags and an example.
+Flags may come before or after the arguments; '--' ends them. Exit status:
+0 success, 1 the operation failed (an error answer, an invalid config, a
+message nacked or unroutable), 2 bad usage or the peer could not be reached.
+
+Run 'sipside COMMAND --help' (or 'sipside help COMMAND') for a command's flags
+and an example.
 `)
 }

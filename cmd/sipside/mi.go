@@ -4,18 +4,19 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
+	"io"
 	"regexp"
 	"strings"
 
 	"github.com/sipside/sipside/mi"
 )
 
-const miUsage = `Usage: sipside mi [-t TARGET] [-c FILE] [--timeout 5s] [--params JSON] METHOD [ARG...]
+const miUsage = `Usage: sipside mi [-t TARGET] [-c FILE] [--timeout DURATION] [--params JSON] METHOD [ARG...]
 
 Calls one management command of OpenSIPS (MI) or Kamailio (jsonrpcs) and prints the
 result as indented JSON, like 'opensips-cli -x mi METHOD ...' or 'kamcmd METHOD ...'.
+Flags may come after METHOD too; after '--' everything is an ARG.
 
 Arguments:
   VALUE          a positional parameter
@@ -25,6 +26,11 @@ Arguments:
   A VALUE that is a whole number is sent as a JSON number; quote it to send a
   string: expire=120 sends 120, expire='"120"' sends "120". Kamailio ignores
   parameter names and takes the values in the order given.
+  OpenSIPS commands whose parameter is an array (get_statistics, list_statistics,
+  reset_statistics, fs_subscribe, fs_unsubscribe, b2b_trigger_scenario,
+  dlg_push_var, cluster_broadcast_mi, cluster_send_mi) get the ARGs from that
+  parameter's position on as one array, as opensips-cli does: 'get_statistics
+  core: shmem:' sends [["core:","shmem:"]]; NAME='A B' splits at spaces.
 
 Target (first found): -t, $SIPSIDE_MI, [mi] target of the -c config file,
 opensips:udp:127.0.0.1:8080. Forms:
@@ -33,40 +39,42 @@ opensips:udp:127.0.0.1:8080. Forms:
   kamailio:http://HOST:PORT/RPC   kamailio:fifo:/PATH
 
 Exit status: 0 success, 1 the proxy answered with an error (its code and message
-are printed), 2 bad usage or no answer (the message says what to check).
-
-Examples:
-  sipside mi ps
-  sipside mi event_subscribe event=E_PIKE_BLOCKED socket=udp:127.0.0.1:8090 expire=120
-  sipside mi -t kamailio:http://127.0.0.1:5071/RPC core.version
-  sipside mi -t kamailio:udp:127.0.0.1:8090 htable.sets t key value
+are printed) or the -c config is invalid, 2 bad usage or no answer (the message
+says what to check).
 
 Flags:
 `
 
+const miExample = `
+Examples:
+  sipside mi ps
+  sipside mi get_statistics core: shmem:
+  sipside mi event_subscribe event=E_PIKE_BLOCKED socket=udp:127.0.0.1:8090 expire=120
+  sipside mi -t kamailio:http://127.0.0.1:5071/RPC core.version
+  sipside mi htable.sets t key value -t kamailio:udp:127.0.0.1:8090
+  sipside mi log_level -1
+`
+
 func cmdMI(ctx context.Context, e *env, args []string) int {
-	fs := flag.NewFlagSet("mi", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlagSet("mi")
 	target := fs.String("t", "", "MI `TARGET`, e.g. kamailio:http://127.0.0.1:5071/RPC")
 	config := fs.String("c", "", "config `FILE` whose [mi] target is the default")
 	timeout := fs.Duration("timeout", mi.DefaultTimeout, "give up waiting for the reply after `DURATION`")
-	rawParams := fs.String("params", "", "all parameters as one JSON array or object (no ARGs then)")
+	rawParams := fs.String("params", "", "all parameters as one `JSON` array or object (no ARGs then)")
 	replyDir := fs.String("reply-dir", "", "FIFO: the proxy's reply `DIR` (default: watch the FIFO's directory and /tmp)")
-	fs.Usage = func() {
-		fmt.Fprint(e.stderr, miUsage)
-		fs.PrintDefaults()
+	help := func(w io.Writer) {
+		fmt.Fprint(w, miUsage)
+		printFlags(w, fs)
+		fmt.Fprint(w, miExample)
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	pos, code, ok := parseArgs(e, fs, help, args, 0, anyArgs)
+	if !ok {
+		return code
 	}
-	if fs.NArg() == 0 {
-		fmt.Fprintln(e.stderr, "sipside mi: no METHOD given (try 'sipside mi --help')")
-		return exitUsage
+	if len(pos) == 0 {
+		return usageError(e, fs.Name(), help, "no METHOD given")
 	}
-	method, rest := fs.Arg(0), fs.Args()[1:]
+	method, rest := pos[0], pos[1:]
 	var params any
 	if *rawParams != "" {
 		if len(rest) > 0 {
@@ -84,8 +92,12 @@ func cmdMI(ctx context.Context, e *env, args []string) int {
 	}
 	t, err := miTarget(*target, *config, e)
 	if err != nil {
+		// Only reading the -c file fails here: an invalid config, as for check.
 		fmt.Fprintf(e.stderr, "sipside mi: %v\n", err)
-		return exitUsage
+		return exitFailure
+	}
+	if tgt, err := mi.ParseTarget(t); err == nil && tgt.Dialect == mi.OpenSIPS && *rawParams == "" {
+		params = opensipsArrays(method, params)
 	}
 	c, err := mi.New(t, mi.Options{Timeout: *timeout, ReplyDir: *replyDir})
 	if err != nil {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -23,19 +22,23 @@ import (
 	"github.com/sipside/sipside/internal/metrics"
 )
 
-const runHelp = `Usage: sipside run [-c FILE] [--log-level LEVEL] [--log-format text|json]
+const runHelp = `Usage: sipside run [-c FILE | FILE] [--log-level LEVEL] [--log-format FORMAT]
 
 Runs the daemon: receives the proxy's events on the configured inputs and
 delivers them through the configured routes, with /metrics and /healthz on
-the observability port.
+the observability port. The config file comes as -c FILE or as the one
+argument, as for 'sipside check'.
 
-Without -c it runs the embedded default: listen for OpenSIPS event_datagram
-notifications on udp:127.0.0.1:8090 and print each event as one JSON line on
-stdout, observability on 127.0.0.1:9690.
+Without a FILE it runs the embedded default: listen for OpenSIPS
+event_datagram notifications on udp:127.0.0.1:8090 and print each event as
+one JSON line on stdout, observability on 127.0.0.1:9690.
 
 Signals: SIGTERM/SIGINT stop (queued events get up to shutdown_timeout to
 go out); SIGHUP reloads the config file (a bad file is refused, the running
 config stays).
+
+Exit status: 0 stopped by a signal, 1 an invalid config or a failure while
+running (e.g. an address already in use), 2 bad usage.
 
 Flags:
 `
@@ -43,7 +46,7 @@ Flags:
 const runExample = `
 Example:
   sipside run                       # embedded default
-  sipside run -c /etc/sipside/sipside.toml --log-format json
+  sipside run /etc/sipside/sipside.toml --log-format json
   # then, from OpenSIPS: opensips-cli -x mi event_subscribe E_PIKE_BLOCKED udp:127.0.0.1:8090
 `
 
@@ -54,26 +57,23 @@ type runFlags struct {
 }
 
 func cmdRun(ctx context.Context, e *env, args []string) int {
-	fs := flag.NewFlagSet("run", flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
+	fs := newFlagSet("run")
 	var f runFlags
 	fs.StringVar(&f.config, "c", "", "config `FILE` (default: the embedded default)")
-	fs.StringVar(&f.logLevel, "log-level", "", "override [log] level: debug, info, warn, error")
-	fs.StringVar(&f.logFormat, "log-format", "", "override [log] format: text or json")
-	fs.Usage = func() {
-		fmt.Fprint(e.stderr, runHelp)
-		fs.PrintDefaults()
-		fmt.Fprint(e.stderr, runExample)
+	fs.StringVar(&f.logLevel, "log-level", "", "override [log] level: `LEVEL` is debug, info, warn or error")
+	fs.StringVar(&f.logFormat, "log-format", "", "override [log] format: `FORMAT` is text or json")
+	help := func(w io.Writer) {
+		fmt.Fprint(w, runHelp)
+		printFlags(w, fs)
+		fmt.Fprint(w, runExample)
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitUsage
+	pos, code, ok := parseArgs(e, fs, help, args, 0, 1)
+	if !ok {
+		return code
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(e.stderr, "sipside run: unexpected argument %q\n", fs.Arg(0))
-		return exitUsage
+	var err error
+	if f.config, err = configArg(f.config, pos); err != nil {
+		return usageError(e, fs.Name(), help, "%v", err)
 	}
 	cfg, err := loadConfigFile(f.config)
 	if err != nil {
@@ -86,7 +86,9 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "sipside run: %v\n", err)
 		return exitUsage
 	}
-	d := &daemon{env: e, flags: f, log: log, level: level, reg: metrics.New(), started: time.Now()}
+	reg := metrics.New()
+	registerBuildInfo(reg)
+	d := &daemon{env: e, flags: f, log: log, level: level, reg: reg, started: time.Now()}
 	if err := d.run(ctx, cfg); err != nil {
 		log.Error("sipside stopped", "error", err)
 		return exitFailure

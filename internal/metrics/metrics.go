@@ -232,7 +232,8 @@ func (r *Registry) Names() []string {
 }
 
 // WriteTo writes every family in the Prometheus text exposition format
-// (version 0.0.4), followed by a few Go runtime figures.
+// (version 0.0.4), followed by Go runtime figures and the standard process_*
+// families, all computed at the time of the call.
 func (r *Registry) WriteTo(w io.Writer) (int64, error) {
 	cw := &countWriter{w: bufio.NewWriter(w)}
 	for _, name := range r.Names() {
@@ -300,9 +301,15 @@ func (r *Registry) writeRuntime(w *countWriter) {
 	runtime.ReadMemStats(&ms)
 	w.printf("# HELP go_goroutines Number of goroutines that currently exist.\n# TYPE go_goroutines gauge\ngo_goroutines %d\n", runtime.NumGoroutine())
 	w.printf("# HELP go_memstats_heap_alloc_bytes Bytes of allocated heap objects.\n# TYPE go_memstats_heap_alloc_bytes gauge\ngo_memstats_heap_alloc_bytes %d\n", ms.HeapAlloc)
+	w.printf("# HELP go_memstats_heap_inuse_bytes Bytes in in-use heap spans.\n# TYPE go_memstats_heap_inuse_bytes gauge\ngo_memstats_heap_inuse_bytes %d\n", ms.HeapInuse)
+	w.printf("# HELP go_memstats_heap_idle_bytes Bytes in idle (unused) heap spans.\n# TYPE go_memstats_heap_idle_bytes gauge\ngo_memstats_heap_idle_bytes %d\n", ms.HeapIdle)
+	w.printf("# HELP go_memstats_heap_sys_bytes Bytes of heap memory obtained from the OS.\n# TYPE go_memstats_heap_sys_bytes gauge\ngo_memstats_heap_sys_bytes %d\n", ms.HeapSys)
+	w.printf("# HELP go_memstats_heap_objects Number of allocated heap objects.\n# TYPE go_memstats_heap_objects gauge\ngo_memstats_heap_objects %d\n", ms.HeapObjects)
 	w.printf("# HELP go_memstats_sys_bytes Bytes obtained from the OS.\n# TYPE go_memstats_sys_bytes gauge\ngo_memstats_sys_bytes %d\n", ms.Sys)
+	w.printf("# HELP go_info Information about the Go environment.\n# TYPE go_info gauge\ngo_info{version=\"%s\"} 1\n", escapeLabel(runtime.Version()))
 	w.printf("# HELP go_gc_cycles_total Completed GC cycles.\n# TYPE go_gc_cycles_total counter\ngo_gc_cycles_total %d\n", ms.NumGC)
 	w.printf("# HELP process_uptime_seconds Seconds since the registry was created.\n# TYPE process_uptime_seconds gauge\nprocess_uptime_seconds %s\n", formatFloat(time.Since(r.start).Seconds()))
+	writeProcess(w)
 }
 
 func labelString(names, values []string, extraName, extraValue string) string {
