@@ -212,6 +212,11 @@ func amqpConsume(ctx context.Context, e *env, f *amqpFlags) int {
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
+	// A broker that refuses is reported at once, not after --timeout.
+	if _, err := m.FirstSession(ctx); err != nil {
+		fmt.Fprintf(e.stderr, "sipside amqp consume: %s\n", unreachable(f.broker, f.timeout, m.LastError()))
+		return exitUsage
+	}
 	// A task, so that after a reconnect the queue is declared and bound again;
 	// a refusal ends the command instead of being retried.
 	m.Go(ctx, rabbit.Task{Name: "sipside amqp consume", Run: func(ctx context.Context, s *rabbit.Session, ch *amqp.Channel, up func()) error {

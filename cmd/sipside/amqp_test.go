@@ -42,14 +42,23 @@ func TestAMQPUsage(t *testing.T) {
 // default --timeout of 5s that publish used to wait out.
 func TestAMQPBrokerDown(t *testing.T) {
 	port := testenv.FreePort(t, "tcp", "127.0.0.1")
-	e, out := testEnv()
-	start := time.Now()
-	code := cmdAMQP(context.Background(), e, []string{"publish", "--broker", "amqp://guest:guest@127.0.0.1:" + strconv.Itoa(port) + "/", "--routing-key", "k", "--payload", "{}"})
-	if code != exitUsage || !strings.Contains(out.String(), "connection refused") || !strings.Contains(out.String(), "is RabbitMQ running") {
-		t.Fatalf("exit %d, output:\n%s", code, out)
-	}
-	if took := time.Since(start); took > 2*time.Second {
-		t.Errorf("took %v to report a refused connection; want it at once, not after --timeout", took)
+	broker := "amqp://guest:guest@127.0.0.1:" + strconv.Itoa(port) + "/"
+	for _, args := range [][]string{
+		{"publish", "--broker", broker, "--routing-key", "k", "--payload", "{}"},
+		{"query", "--broker", broker, "--routing-key", "k", "--payload", "{}"},
+		{"consume", "--broker", broker, "--exchange", "amq.topic", "--timeout", "30s"},
+	} {
+		t.Run(args[0], func(t *testing.T) {
+			e, out := testEnv()
+			start := time.Now()
+			code := cmdAMQP(context.Background(), e, args)
+			if code != exitUsage || !strings.Contains(out.String(), "connection refused") || !strings.Contains(out.String(), "is RabbitMQ running") {
+				t.Fatalf("exit %d, output:\n%s", code, out)
+			}
+			if took := time.Since(start); took > 2*time.Second {
+				t.Errorf("took %v to report a refused connection; want it at once, not after --timeout", took)
+			}
+		})
 	}
 }
 
