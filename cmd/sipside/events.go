@@ -152,9 +152,10 @@ func cmdEventsStatus(ctx context.Context, e *env, args []string) int {
 	fs := newFlagSet("events status")
 	addr := fs.String("http", "", "the daemon's observability `HOST:PORT` (default: [http] listen of -c, else "+defaultHTTPListen+")")
 	cfgPath := fs.String("c", "", "config `FILE` to read [http] listen from")
+	ready := fs.Bool("ready", false, "ask /readyz instead: exit 0 when everything configured works, 1 with the list of what does not (for health checks)")
 	help := func(w io.Writer) {
-		fmt.Fprint(w, "Usage: sipside events status [--http HOST:PORT | -c FILE]\n\nPrints the running daemon's event subscriptions (state, expiry, last error) and inputs as JSON.\n\n"+
-			"Exit status: 0 success, 1 the daemon answered with an error or the -c config is invalid,\n2 bad usage or no daemon answering there.\n\nFlags:\n")
+		fmt.Fprint(w, "Usage: sipside events status [--http HOST:PORT | -c FILE] [--ready]\n\nPrints the running daemon's event subscriptions (state, expiry, last error) and inputs as JSON;\nwith --ready, what is not ready (its /readyz), for health checks.\n\n"+
+			"Exit status: 0 success (with --ready: all is ready), 1 the daemon answered with an error, is\nnot ready (--ready) or the -c config is invalid, 2 bad usage or no daemon answering there.\n\nFlags:\n")
 		printFlags(w, fs)
 		fmt.Fprint(w, "\nExample:\n  sipside events status --http 127.0.0.1:9690\n")
 	}
@@ -174,13 +175,21 @@ func cmdEventsStatus(ctx context.Context, e *env, args []string) int {
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	req, _ := http.NewRequestWithContext(cctx, "GET", "http://"+*addr+"/api/status", nil)
+	path := "/api/status"
+	if *ready {
+		path = "/readyz"
+	}
+	req, _ := http.NewRequestWithContext(cctx, "GET", "http://"+*addr+path, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "sipside events status: %v (is sipside run listening on %s? see [http] listen)\n", err, *addr)
 		return exitUsage
 	}
 	defer resp.Body.Close()
+	if *ready && resp.StatusCode == http.StatusServiceUnavailable {
+		io.Copy(e.stdout, resp.Body)
+		return exitFailure
+	}
 	if resp.StatusCode != http.StatusOK {
 		fmt.Fprintf(e.stderr, "sipside events status: %s answered %s\n", *addr, resp.Status)
 		return exitFailure

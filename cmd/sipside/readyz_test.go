@@ -93,6 +93,11 @@ event = "E_AMQP_OK"
 				}
 				return code == http.StatusServiceUnavailable
 			})
+			// The health-check client says the same, with exit 1.
+			e, out := testEnv()
+			if code := dispatch(t.Context(), e, []string{"events", "status", "--ready", "--http", httpAddr}); code != exitFailure || !strings.Contains(out.String(), tc.notReady[0]) {
+				t.Errorf("events status --ready: exit %d:\n%s", code, out)
+			}
 			for series, want := range tc.series {
 				checkFor(t, 10*time.Second, series, func() bool { return metricValue(t, base+"/metrics", series) == want })
 			}
@@ -143,5 +148,9 @@ func TestRunReadyzWhenAllIsWell(t *testing.T) {
 	})
 	if body != "ready\n" {
 		t.Errorf("body %q", body)
+	}
+	e, out := testEnv()
+	if code := dispatch(t.Context(), e, []string{"events", "status", "--ready", "--http", httpAddr}); code != exitOK || out.String() != "ready\n" {
+		t.Errorf("events status --ready: exit %d:\n%s", code, out)
 	}
 }
