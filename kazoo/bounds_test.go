@@ -3,11 +3,13 @@ package kazoo
 import (
 	"bytes"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -194,4 +196,85 @@ func counterValue(t *testing.T, reg interface {
 		}
 	}
 	return -1
+}
+
+// syncBuffer is a log sink the test reads while the bridge writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// A flood of broken frames and refused connections is counted one by one
+// and logged at most once a second per reason and source.
+func TestRefusalsLoggedAtBoundedRate(t *testing.T) {
+	var logs syncBuffer
+	b, reg := startBridge(t, brokerURL(t), func(c *Config) { c.JSONRPC.MaxConns = 4 },
+		Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	addrs := b.Addrs()
+	const flood = 300
+	start := time.Now()
+	for i := 0; i < flood; i++ {
+		c, err := net.Dial("tcp", addrs[ListenNetstring])
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write([]byte("5:abc")) // a colon where the comma belongs: malformed
+		c.Write([]byte("de;"))
+		io.ReadAll(c)
+		c.Close()
+		// A raw request cut short by the sender's close.
+		rc, err := net.Dial("tcp", addrs[ListenTCP])
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc.Write([]byte(`{"jsonrpc":"2.0","id":1,"method":`))
+		rc.(*net.TCPConn).CloseWrite()
+		io.ReadAll(rc)
+		rc.Close()
+	}
+	elapsed := time.Since(start)
+	waitFor(t, 5*time.Second, "every broken frame counted", func() bool {
+		return counterValue(t, reg, `sipside_jsonrpc_frame_errors_total{listener="netstring",reason="malformed"}`) == flood
+	})
+	// Per second of flood, one line per reason and source at most (+1 for
+	// the second that was started).
+	limit := int(elapsed/time.Second) + 1
+	for _, line := range []string{`reason=malformed`, `reason=truncated`} {
+		if n := strings.Count(logs.String(), line); n == 0 || n > limit {
+			t.Errorf("%d log lines with %s for %d refusals in %v; want 1..%d", n, line, flood, elapsed, limit)
+		}
+	}
+	if !strings.Contains(logs.String(), "suppressed=") && elapsed > time.Second {
+		t.Errorf("no suppressed count in the log:\n%.2000s", logs.String())
+	}
+	// Refused connections: more than max_conns at once.
+	var held []net.Conn
+	for i := 0; i < 4+flood/10; i++ {
+		c, err := net.Dial("tcp", addrs[ListenNetstring])
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	waitFor(t, 5*time.Second, "refused connections counted", func() bool {
+		return counterValue(t, reg, `sipside_jsonrpc_rejected_connections_total{listener="netstring",reason="too_many_connections"}`) == flood/10
+	})
+	for _, c := range held {
+		c.Close()
+	}
+	if n := strings.Count(logs.String(), "reason=too_many_connections"); n == 0 || n > 2 {
+		t.Errorf("%d log lines for %d refused connections", n, flood/10)
+	}
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/valyala/fastjson"
 
 	"github.com/sipside/sipside/internal/rabbit"
+	"github.com/sipside/sipside/internal/ratelog"
 )
 
 const rabbitDirectReplyTo = rabbit.DirectReplyTo
@@ -18,7 +19,7 @@ const rabbitDirectReplyTo = rabbit.DirectReplyTo
 func randRead(b []byte) (int, error) { return rand.Read(b) }
 
 func (b *Bridge) newDispatcher() *dispatcher {
-	d := &dispatcher{met: newServerMetrics(b.reg)}
+	d := &dispatcher{met: newServerMetrics(b.reg), refusals: ratelog.New(b.log, time.Second)}
 	handlers := map[string]handlerFunc{
 		"amqp.publish":   b.rpcPublish,
 		"amqp.query":     b.rpcQuery,

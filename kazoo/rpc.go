@@ -9,6 +9,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/valyala/fastjson"
+
+	"github.com/sipside/sipside/internal/ratelog"
 )
 
 // JSON-RPC error codes. The -320xx ones are sipside's; their messages say what to do.
@@ -54,6 +56,9 @@ type dispatcher struct {
 	methods map[string]method
 	parsers fastjson.ParserPool
 	met     *serverMetrics
+	// refusals logs requests that are not JSON, at most once a second per
+	// listener.
+	refusals *ratelog.Logger
 }
 
 // handle answers one request. It returns nil for a notification (no id, or "id":null
@@ -65,7 +70,9 @@ func (d *dispatcher) handle(ctx context.Context, transport string, req []byte) [
 	v, err := p.ParseBytes(req)
 	if err != nil {
 		d.met.request(transport, "", "parse_error")
-		return errorResponse(nil, CodeParse, parseErrorText(req, err))
+		msg := parseErrorText(req, err)
+		d.refusals.WarnKey(transport, "JSON-RPC request is not JSON", "listener", transport, "error", msg)
+		return errorResponse(nil, CodeParse, msg)
 	}
 	if v.Type() != fastjson.TypeObject {
 		d.met.request(transport, "", "invalid")

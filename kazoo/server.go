@@ -17,6 +17,7 @@ import (
 
 	"github.com/sipside/sipside/internal/metrics"
 	"github.com/sipside/sipside/internal/netstring"
+	"github.com/sipside/sipside/internal/ratelog"
 )
 
 // Timeouts of the JSON-RPC listeners.
@@ -34,6 +35,9 @@ const (
 	// (amqp.max_query_timeout) before the server gives up on it, so that
 	// timeout_ms is what ends a query.
 	callSlack = 5 * time.Second
+	// Accept backoff bounds, as net/http's Server uses.
+	acceptRetryMin = 5 * time.Millisecond
+	acceptRetryMax = time.Second
 )
 
 type server struct {
@@ -42,6 +46,9 @@ type server struct {
 	allow []netip.Prefix
 	log   *slog.Logger
 	met   *serverMetrics
+	// refusals logs every refused connection and broken frame at most once
+	// a second per reason and source: a flood must not become a log flood.
+	refusals *ratelog.Logger
 
 	lns []*listener
 }
@@ -53,7 +60,7 @@ type listener struct {
 }
 
 func newServer(b *Bridge, cfg JSONRPCConfig) (*server, error) {
-	s := &server{b: b, cfg: cfg, log: b.log, met: b.disp.met}
+	s := &server{b: b, cfg: cfg, log: b.log, met: b.disp.met, refusals: ratelog.New(b.log, time.Second)}
 	for _, a := range cfg.Allow {
 		p, err := parseAllow(a)
 		if err != nil {
@@ -123,11 +130,29 @@ func (s *server) serve(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			g := &guarded{listener: l, s: s}
+			var delay time.Duration
 			for {
 				c, err := g.Accept()
 				if err != nil {
-					return
+					if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+						return
+					}
+					// EMFILE, ENFILE, ENOBUFS: the listener is fine, the
+					// process is short of something that comes back as
+					// connections close. Back off and retry, as net/http
+					// does; returning would leave the socket bound and
+					// its backlog unanswered until a restart.
+					delay = min(max(2*delay, acceptRetryMin), acceptRetryMax)
+					s.met.acceptErrs.With(l.kind).Inc()
+					s.refusals.WarnKey(l.kind+" accept", "JSON-RPC accept failed; retrying (raise the open-files limit or lower jsonrpc.max_conns)", "listener", l.spec, "error", err, "retry_in", delay)
+					select {
+					case <-time.After(delay):
+					case <-ctx.Done():
+						return
+					}
+					continue
 				}
+				delay = 0
 				conns.Store(c, struct{}{})
 				wg.Add(1)
 				go func() {
@@ -163,15 +188,14 @@ func (g *guarded) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		if !g.s.allowed(c.RemoteAddr()) {
-			g.s.met.rejected(g.kind, "not_allowed")
-			g.s.log.Warn("JSON-RPC connection refused: source not in jsonrpc.allow", "from", c.RemoteAddr().String(), "listen", g.spec)
+			g.s.rejected(g.kind, "not_allowed", c.RemoteAddr(), "source not in jsonrpc.allow; add its network there")
 			g.reject(c, CodeForbidden, "source address not in jsonrpc.allow")
 			continue
 		}
 		select {
 		case g.slots <- struct{}{}:
 		default:
-			g.s.met.rejected(g.kind, "too_many_connections")
+			g.s.rejected(g.kind, "too_many_connections", c.RemoteAddr(), fmt.Sprintf("jsonrpc.max_conns (%d) connections are open", cap(g.slots)))
 			g.reject(c, CodeBusy, "too many connections (jsonrpc.max_conns)")
 			continue
 		}
@@ -256,10 +280,10 @@ func (s *server) serveRaw(ctx context.Context, c net.Conn) {
 				case len(trimSpace(buf)) == 0:
 					// Idle or closed between requests: the normal end.
 				case errors.Is(rerr, io.EOF):
-					s.met.frameError(ListenTCP, "truncated")
+					s.frameError(ListenTCP, "truncated", c.RemoteAddr(), "connection closed inside a JSON value")
 					s.write(c, errorResponse(nil, CodeParse, "connection closed inside a JSON value"))
 				default:
-					s.met.frameError(ListenTCP, "timeout")
+					s.frameError(ListenTCP, "timeout", c.RemoteAddr(), rerr.Error())
 				}
 				return
 			}
@@ -270,7 +294,7 @@ func (s *server) serveRaw(ctx context.Context, c net.Conn) {
 				reason = "too_big"
 				err = fmt.Errorf("request larger than %d bytes (jsonrpc.max_frame)", s.cfg.MaxFrame)
 			}
-			s.met.frameError(ListenTCP, reason)
+			s.frameError(ListenTCP, reason, c.RemoteAddr(), err.Error())
 			s.write(c, errorResponse(nil, codeFor(reason), err.Error()))
 			return
 		}
@@ -289,7 +313,7 @@ func (s *server) serveRaw(ctx context.Context, c net.Conn) {
 			return // the caller hung up: a query it waited for was abandoned, and nobody reads a reply
 		}
 		if len(resp) > rawReplyMax {
-			s.met.frameError(ListenTCP, "reply_too_big")
+			s.frameError(ListenTCP, "reply_too_big", c.RemoteAddr(), fmt.Sprintf("reply of %d bytes", len(resp)))
 			resp = errorResponse(requestID(req), CodeBusy, fmt.Sprintf("reply of %d bytes is larger than the %d bytes OpenSIPS's jsonrpc module reads; make the responder's answer smaller or call over http", len(resp), rawReplyMax))
 		}
 		if resp != nil && !s.write(c, resp) {
@@ -299,7 +323,7 @@ func (s *server) serveRaw(ctx context.Context, c net.Conn) {
 		buf = buf[:rest]
 		if len(early) > 0 {
 			if len(buf)+len(early) > s.cfg.MaxFrame {
-				s.met.frameError(ListenTCP, "too_big")
+				s.frameError(ListenTCP, "too_big", c.RemoteAddr(), "request larger than jsonrpc.max_frame")
 				s.write(c, errorResponse(nil, CodeBusy, fmt.Sprintf("request larger than %d bytes (jsonrpc.max_frame)", s.cfg.MaxFrame)))
 				return
 			}
@@ -447,13 +471,13 @@ func (s *server) serveNetstring(ctx context.Context, c net.Conn) {
 			switch {
 			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
 			case errors.Is(err, netstring.ErrTooBig):
-				s.met.frameError(ListenNetstring, "too_big")
+				s.frameError(ListenNetstring, "too_big", c.RemoteAddr(), err.Error())
 				send(errorResponse(nil, CodeBusy, fmt.Sprintf("frame larger than %d bytes (jsonrpc.max_frame); closing", s.cfg.MaxFrame)))
 			case errors.Is(err, netstring.ErrMalformed):
-				s.met.frameError(ListenNetstring, "malformed")
+				s.frameError(ListenNetstring, "malformed", c.RemoteAddr(), err.Error())
 				send(errorResponse(nil, CodeParse, err.Error()+"; closing the connection (the stream is out of sync)"))
 			default:
-				s.met.frameError(ListenNetstring, "truncated")
+				s.frameError(ListenNetstring, "truncated", c.RemoteAddr(), err.Error())
 			}
 			return
 		}
@@ -509,6 +533,14 @@ func underlying(c net.Conn) net.Conn {
 	return c
 }
 
+func httpRemote(r *http.Request) net.Addr {
+	a, err := net.ResolveTCPAddr("tcp", r.RemoteAddr)
+	if err != nil {
+		return nil
+	}
+	return a
+}
+
 // serveHTTP answers POST with the JSON-RPC response on one line (Kamailio's
 // http_client keeps only the first line by default).
 func (s *server) serveHTTP(ctx context.Context, w http.ResponseWriter, r *http.Request) {
@@ -523,12 +555,12 @@ func (s *server) serveHTTP(ctx context.Context, w http.ResponseWriter, r *http.R
 	if err != nil {
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
-			s.met.frameError(ListenHTTP, "too_big")
+			s.frameError(ListenHTTP, "too_big", httpRemote(r), "request larger than jsonrpc.max_frame")
 			w.WriteHeader(http.StatusRequestEntityTooLarge)
 			w.Write(errorResponse(nil, CodeBusy, fmt.Sprintf("request larger than %d bytes (jsonrpc.max_frame)", s.cfg.MaxFrame)))
 			return
 		}
-		s.met.frameError(ListenHTTP, "truncated")
+		s.frameError(ListenHTTP, "truncated", httpRemote(r), err.Error())
 		return
 	}
 	cctx, cancel := s.callContext(r.Context())
@@ -547,6 +579,8 @@ type serverMetrics struct {
 	frames   *metrics.CounterVec
 	rejects  *metrics.CounterVec
 	conns    *metrics.GaugeVec
+	// acceptErrs counts failed accepts (out of file descriptors).
+	acceptErrs *metrics.CounterVec
 
 	// Every request counts once and times once. With joins the labels into a
 	// key and takes the family's lock, so the children are kept here after
@@ -563,11 +597,12 @@ type latencyKey struct{ listener, method string }
 
 func newServerMetrics(reg *metrics.Registry) *serverMetrics {
 	return &serverMetrics{
-		requests: reg.Counter("sipside_jsonrpc_requests_total", "JSON-RPC requests by listener, method and outcome.", "listener", "method", "outcome"),
-		lat:      reg.Histogram("sipside_jsonrpc_request_seconds", "JSON-RPC handling time.", nil, "listener", "method"),
-		frames:   reg.Counter("sipside_jsonrpc_frame_errors_total", "Broken frames (malformed, too_big, truncated, timeout); each closes its connection.", "listener", "reason"),
-		rejects:  reg.Counter("sipside_jsonrpc_rejected_connections_total", "Connections refused (not_allowed, too_many_connections).", "listener", "reason"),
-		conns:    reg.Gauge("sipside_jsonrpc_connections", "Open JSON-RPC connections.", "listener"),
+		requests:   reg.Counter("sipside_jsonrpc_requests_total", "JSON-RPC requests by listener, method and outcome.", "listener", "method", "outcome"),
+		lat:        reg.Histogram("sipside_jsonrpc_request_seconds", "JSON-RPC handling time.", nil, "listener", "method"),
+		frames:     reg.Counter("sipside_jsonrpc_frame_errors_total", "Broken frames (malformed, too_big, truncated, timeout); each closes its connection.", "listener", "reason"),
+		rejects:    reg.Counter("sipside_jsonrpc_rejected_connections_total", "Connections refused (not_allowed, too_many_connections).", "listener", "reason"),
+		conns:      reg.Gauge("sipside_jsonrpc_connections", "Open JSON-RPC connections.", "listener"),
+		acceptErrs: reg.Counter("sipside_jsonrpc_accept_errors_total", "Failed accepts (e.g. out of file descriptors); the listener backs off and retries.", "listener"),
 	}
 }
 
@@ -588,5 +623,34 @@ func (m *serverMetrics) latency(l, method string, start time.Time) {
 	}
 	h.(*metrics.Histogram).Since(start)
 }
-func (m *serverMetrics) frameError(l, reason string) { m.frames.With(l, reason).Inc() }
-func (m *serverMetrics) rejected(l, reason string)   { m.rejects.With(l, reason).Inc() }
+
+// frameError counts a broken frame and logs it at a bounded rate.
+func (s *server) frameError(l, reason string, from net.Addr, detail string) {
+	s.met.frames.With(l, reason).Inc()
+	s.refusals.WarnKey(l+" "+reason+" "+hostOf(from), "JSON-RPC frame refused; the connection is closed",
+		"listener", l, "reason", reason, "from", addrString(from), "detail", detail)
+}
+
+// rejected counts a refused connection and logs it at a bounded rate.
+func (s *server) rejected(l, reason string, from net.Addr, detail string) {
+	s.met.rejects.With(l, reason).Inc()
+	s.refusals.WarnKey(l+" "+reason+" "+hostOf(from), "JSON-RPC connection refused",
+		"listener", l, "reason", reason, "from", addrString(from), "detail", detail)
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
+}
+
+// hostOf is the source's address without its port: one noisy host is one
+// log key, whatever ports it connects from.
+func hostOf(a net.Addr) string {
+	h, _, err := net.SplitHostPort(addrString(a))
+	if err != nil {
+		return addrString(a)
+	}
+	return h
+}
