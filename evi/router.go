@@ -176,6 +176,7 @@ func NewRouter(cfgs []RouteConfig, d Deps, m *Metrics, onFailure FailureFunc) (*
 
 			spoolLog: newRateLog(d.Log, 10*time.Second),
 		}
+		m.QueueLimit.With(rc.Name).Set(float64(rc.Queue))
 		if v, ok := b.(*Virtual); ok {
 			v.SetFailoverTimeout(time.Duration(rc.FailoverTimeout))
 			name := rc.Name

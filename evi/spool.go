@@ -113,6 +113,7 @@ type Spool struct {
 
 type spoolMetrics struct {
 	events, bytes, oldest *metrics.GaugeVec
+	maxBytes              *metrics.GaugeVec
 	spooled, replayed     *metrics.CounterVec
 	dropped, duplicates   *metrics.CounterVec
 }
@@ -137,6 +138,7 @@ func NewSpool(cfg SpoolConfig, reg *metrics.Registry, log *slog.Logger) (*Spool,
 		events:   reg.Gauge("sipside_spool_events", "Events waiting in a route's spool.", "route"),
 		bytes:    reg.Gauge("sipside_spool_bytes", "Bytes of a route's spool on disk.", "route"),
 		oldest:   reg.Gauge("sipside_spool_oldest_age_seconds", "Age of the oldest spooled event of a route.", "route"),
+		maxBytes: reg.Gauge("sipside_spool_max_bytes", "The spool's max_bytes: what a route's spool may hold before on_full drops.", "route"),
 		spooled:  reg.Counter("sipside_spool_spooled_total", "Events written to a route's spool.", "route"),
 		replayed: reg.Counter("sipside_spool_replayed_total", "Spooled events delivered.", "route"),
 		dropped:  reg.Counter("sipside_spool_dropped_total", "Spooled events lost, by reason (full, age, corrupt, write_error).", "route", "reason"),
@@ -391,6 +393,7 @@ func openRouteSpool(dir, route string, cfg SpoolConfig, m *spoolMetrics, log *sl
 	if err := q.recover(); err != nil {
 		return nil, fmt.Errorf("spool for route %q in %s: %w", route, dir, err)
 	}
+	m.maxBytes.With(route).Set(float64(cfg.MaxBytes))
 	go q.syncLoop()
 	return q, nil
 }

@@ -178,6 +178,12 @@ func New(cfg Config) (*Manager, error) {
 		hookErrs:  reg.Counter("sipside_amqp_setup_errors_total", "Topology/consumer setup failures after connecting.", "name").With(cfg.Name),
 		blocked:   reg.Gauge("sipside_amqp_blocked", "1 while the broker blocks publishing (resource alarm).", "name").With(cfg.Name),
 	}
+	// Every broker has its connected series from the start, at 0: a broker
+	// that was never reachable must show as down, not as absent, or an
+	// alert on the gauge cannot see it.
+	for _, u := range cfg.URLs {
+		m.m.connected.With(cfg.Name, Redact(u)).Set(0)
+	}
 	return m, nil
 }
 
