@@ -32,6 +32,16 @@ const (
 	defaultTimeout = 5 * time.Second
 )
 
+// Limits that keep a config from costing more memory than a sidecar may
+// take: a queued event holds its notification (about 0.5 KB for a
+// registration), a route a worker, a completer and its backend's
+// connections, and a window its slots up front.
+const (
+	MaxQueue  = 1_000_000 // events per route: about 0.5 GB of registrations when full
+	MaxRoutes = 1000
+	MaxWindow = 10_000
+)
+
 func (rc *RouteConfig) setDefaults(i int) {
 	if rc.Name == "" {
 		rc.Name = "route" + strconv.Itoa(i+1)
@@ -62,11 +72,11 @@ func (rc *RouteConfig) validate() error {
 			return fmt.Errorf("events: bad pattern %q: %w", p, err)
 		}
 	}
-	if rc.Queue < 0 {
-		return fmt.Errorf("queue = %d: want a positive number of events", rc.Queue)
+	if rc.Queue < 0 || rc.Queue > MaxQueue {
+		return fmt.Errorf("queue = %d: want 1 to %d events (a full queue holds every event in memory; with a [spool], events older than spill_after go to disk anyway)", rc.Queue, MaxQueue)
 	}
-	if rc.Window < 0 {
-		return fmt.Errorf("window = %d: want 1 or more events", rc.Window)
+	if rc.Window < 0 || rc.Window > MaxWindow {
+		return fmt.Errorf("window = %d: want 1 to %d events in flight", rc.Window, MaxWindow)
 	}
 	if rc.Timeout < 0 || rc.FailoverTimeout < 0 {
 		return errors.New("timeout and failover_timeout must not be negative")
@@ -152,6 +162,9 @@ func NewRouter(cfgs []RouteConfig, d Deps, m *Metrics, onFailure FailureFunc) (*
 		d.Log = slog.New(slog.DiscardHandler)
 	}
 	r := &Router{m: m, log: d.Log, onFailure: onFailure}
+	if len(cfgs) > MaxRoutes {
+		return nil, fmt.Errorf("%d routes: at most %d (each runs its own workers and connections); merge routes with event globs or virtual: sockets", len(cfgs), MaxRoutes)
+	}
 	for i, rc := range cfgs {
 		rc.setDefaults(i)
 		if err := rc.validate(); err != nil {

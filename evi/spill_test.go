@@ -5,6 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -246,5 +249,98 @@ func TestSpooledIsNotUndelivered(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A route's queue costs memory as it fills, not what its limit could hold:
+// a channel of capacity N allocated N slots at start.
+func TestQueueAllocatedAsUsed(t *testing.T) {
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	r, err := NewRouter([]RouteConfig{{Name: "big", To: "stdout:", Queue: MaxQueue}}, Deps{}, NewMetrics(metrics.New()), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	defer r.Close(context.Background())
+	runtime.ReadMemStats(&after)
+	// A preallocated queue of MaxQueue pointers is 8 MB.
+	if grew := after.TotalAlloc - before.TotalAlloc; grew > 1<<20 {
+		t.Errorf("a route with queue = %d allocated %d bytes before its first event", MaxQueue, grew)
+	}
+}
+
+func TestEventRing(t *testing.T) {
+	var q eventRing
+	next, want := 0, 0
+	ev := func(i int) *Event { return &Event{Name: fmt.Sprint(i)} }
+	// Interleave pushes and pops across several growths and wraps.
+	for round := 0; round < 50; round++ {
+		for i := 0; i < round*7; i++ {
+			q.push(ev(next))
+			next++
+		}
+		for i := 0; i < round*5 && q.len() > 0; i++ {
+			if got := q.pop().Name; got != fmt.Sprint(want) {
+				t.Fatalf("pop = %s, want %d", got, want)
+			}
+			want++
+		}
+	}
+	all := q.takeAll()
+	for _, e := range all {
+		if e.Name != fmt.Sprint(want) {
+			t.Fatalf("takeAll gave %s, want %d", e.Name, want)
+		}
+		want++
+	}
+	if want != next || q.len() != 0 {
+		t.Errorf("%d of %d events came out; %d left", want, next, q.len())
+	}
+}
+
+// The spool directories of routes that are no longer configured: empty ones
+// are deleted (at start and after a reload), ones that still hold events
+// are kept.
+func TestSpoolPrunesRemovedRoutes(t *testing.T) {
+	dir := t.TempDir()
+	exists := func(name string) bool { _, err := os.Stat(filepath.Join(dir, name)); return err == nil }
+	// Left by an earlier config: one empty, one with an event.
+	old, _ := newTestSpool(t, dir, SpoolConfig{})
+	old.Route("gone")
+	q, _ := old.Route("stranded")
+	q.Append(seqEvent(1))
+	old.Close()
+
+	refused := fmt.Sprintf("tcp:127.0.0.1:%d", testenv.FreePort(t, "tcp", "127.0.0.1"))
+	cfg := Config{Spool: SpoolConfig{Dir: dir}, Routes: []RouteConfig{
+		{Name: "keep", To: "stdout:"},
+		{Name: "dropped", To: "stdout:"},
+		{Name: "dead", To: refused},
+	}}
+	reg := metrics.New()
+	p, err := NewPipeline(cfg, Deps{Metrics: reg}, NewMetrics(reg), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		p.Run(ctx, time.Second)
+	}()
+	if exists("gone") || !exists("stranded") || !exists("keep") || !exists("dropped") {
+		t.Fatalf("at start: gone %v (want deleted), stranded %v, keep %v, dropped %v (want kept)", exists("gone"), exists("stranded"), exists("keep"), exists("dropped"))
+	}
+	p.Accept(seqEvent(2))
+	checkFor(t, 10*time.Second, "the event of the dead route in its spool", func() bool { return p.spool.m.spooled.With("dead").Value() == 1 })
+
+	cfg.Routes = cfg.Routes[:1]
+	if err := p.Reload(cfg); err != nil {
+		t.Fatal(err)
+	}
+	checkFor(t, 15*time.Second, "the empty spool of the removed route deleted", func() bool { return !exists("dropped") })
+	if !exists("dead") || !exists("stranded") || !exists("keep") {
+		t.Errorf("after reload: dead %v, stranded %v (hold events), keep %v (configured): want all kept", exists("dead"), exists("stranded"), exists("keep"))
 	}
 }

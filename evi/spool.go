@@ -156,13 +156,68 @@ func (s *Spool) Route(route string) (*RouteSpool, error) {
 	if q, ok := s.queues[route]; ok {
 		return q, nil
 	}
-	dir := filepath.Join(s.cfg.Dir, unsafeName.ReplaceAllString(route, "_"))
+	dir := filepath.Join(s.cfg.Dir, spoolDirName(route))
 	q, err := openRouteSpool(dir, route, s.cfg, s.m, s.log.With("route", route))
 	if err != nil {
 		return nil, err
 	}
 	s.queues[route] = q
 	return q, nil
+}
+
+func spoolDirName(route string) string { return unsafeName.ReplaceAllString(route, "_") }
+
+// Prune deals with the spool directories of routes that are not in routes
+// (removed from the config, or left by an earlier one): an empty one is
+// deleted; one that still holds events is kept, logged and shown in
+// sipside_spool_events under its directory's name, because deleting it
+// would lose them. It returns the directories it kept.
+func (s *Spool) Prune(routes []string) (kept []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	want := map[string]bool{}
+	for _, r := range routes {
+		want[spoolDirName(r)] = true
+	}
+	entries, err := os.ReadDir(s.cfg.Dir)
+	if err != nil {
+		s.log.Warn("spool: cannot list the spool directory to clean up removed routes", "dir", s.cfg.Dir, "error", err)
+		return nil
+	}
+	for _, e := range entries {
+		if !e.IsDir() || want[e.Name()] {
+			continue
+		}
+		dir := filepath.Join(s.cfg.Dir, e.Name())
+		var q *RouteSpool
+		for name, open := range s.queues {
+			if spoolDirName(name) == e.Name() {
+				q = open
+				delete(s.queues, name)
+			}
+		}
+		if q == nil {
+			q, err = openRouteSpool(dir, e.Name(), s.cfg, s.m, s.log.With("route", e.Name()))
+			if err != nil {
+				s.log.Warn("spool: cannot read the spool of a route that is not configured; left as it is", "dir", dir, "error", err)
+				continue
+			}
+		}
+		n := q.Len()
+		q.Close()
+		if n > 0 {
+			s.log.Warn("spool: a route that is not configured (any more) still has events on disk; they stay there: add the route back with the same name to deliver them, or delete the directory",
+				"dir", dir, "events", n)
+			kept = append(kept, dir)
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			s.log.Warn("spool: cannot delete the empty spool of a removed route", "dir", dir, "error", err)
+			continue
+		}
+		s.log.Info("spool: deleted the empty spool of a route that is not configured", "dir", dir)
+	}
+	return kept
 }
 
 // Close syncs and closes every queue.
