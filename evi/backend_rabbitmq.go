@@ -45,7 +45,6 @@ type rabbitmqBackend struct {
 	pub      *rabbit.Publisher
 	stop     context.CancelFunc
 	done     chan struct{}
-	waited   bool // the first delivery waited for the first connection
 	closed   bool
 	startErr error
 }
@@ -363,8 +362,10 @@ func (b *rabbitmqBackend) Send(ctx context.Context, ev *Event) (wait func() erro
 }
 
 // connected fails at once while the broker connection is down, so that a
-// dead broker costs the pipeline nothing but this error. Only the very first
-// delivery waits (up to ctx) for the first connection to come up.
+// dead broker costs the pipeline nothing but this error. Before the first
+// round over the broker has ended it waits for that round, not for a
+// connection: a refused connection is known at once, and only a broker
+// whose network is silent costs the dial timeout.
 func (b *rabbitmqBackend) connected(ctx context.Context) error {
 	if s := b.m.Current(); s != nil {
 		select {
@@ -373,16 +374,10 @@ func (b *rabbitmqBackend) connected(ctx context.Context) error {
 			return nil
 		}
 	}
-	b.mu.Lock()
-	first := !b.waited
-	b.waited = true
-	b.mu.Unlock()
-	if first {
-		if _, err := b.m.Session(ctx); err == nil {
-			return nil
-		}
+	if _, err := b.m.FirstSession(ctx); err != nil {
+		return fmt.Errorf("rabbitmq %s: %w (reconnecting in the background; check that RabbitMQ runs and the credentials are right)", b.shown, err)
 	}
-	return fmt.Errorf("rabbitmq %s: %w (reconnecting in the background; check that RabbitMQ runs and the credentials are right)", b.shown, rabbit.ErrNotConnected)
+	return nil
 }
 
 // Close stops the connection manager; a publish still waiting fails.

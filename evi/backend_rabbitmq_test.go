@@ -302,3 +302,24 @@ func TestRabbitMQFailoverMovesOnAtOnce(t *testing.T) {
 		}
 	})
 }
+
+// A broker port that refuses connections fails the very first delivery at
+// once, not after the route's timeout: the refusal is known after one dial.
+func TestRabbitMQRefusedFailsAtOnce(t *testing.T) {
+	port := testenv.FreePort(t, "tcp", "127.0.0.1")
+	b, err := NewBackend(rabbitSocket("127.0.0.1", port, "", "q"), Deps{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	// A deadline far beyond one dial: a delivery that waited for it would
+	// end with the context's error instead of the refusal.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for i := 0; i < 2; i++ {
+		err := b.Deliver(ctx, tickEvent)
+		if !errors.Is(err, rabbit.ErrNotConnected) || errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "refused") {
+			t.Fatalf("delivery %d = %v, want not connected because the connection was refused", i+1, err)
+		}
+	}
+}

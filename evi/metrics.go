@@ -13,6 +13,7 @@ type Metrics struct {
 	Undelivered *metrics.CounterVec   // route, reason: an event no backend of the route took
 	Latency     *metrics.HistogramVec // route
 	QueueDepth  *metrics.GaugeVec     // route
+	QueueLimit  *metrics.GaugeVec     // route
 }
 
 // NewMetrics registers the pipeline's metrics on r.
@@ -23,8 +24,9 @@ func NewMetrics(r *metrics.Registry) *Metrics {
 		Unmatched:   r.Counter("sipside_events_unmatched_total", "Events that matched no route.").With(),
 		Delivered:   r.Counter("sipside_events_delivered_total", "Events a backend accepted.", "route", "backend"),
 		Failed:      r.Counter("sipside_events_failed_total", "Delivery attempts a backend failed.", "route", "backend"),
-		Undelivered: r.Counter("sipside_events_undelivered_total", "Events that no backend of a route accepted.", "route", "reason"),
+		Undelivered: r.Counter("sipside_events_undelivered_total", "Events lost: no backend of the route took them and they were not kept (no spool, the spool refused them, queue full, shutdown). Spooled events are not counted here.", "route", "reason"),
 		Latency:     r.Histogram("sipside_delivery_seconds", "Time from receipt to the route's final outcome.", nil, "route"),
 		QueueDepth:  r.Gauge("sipside_route_queue_events", "Events waiting in a route's queue.", "route"),
+		QueueLimit:  r.Gauge("sipside_route_queue_limit_events", "The route's queue setting: events it may hold before it refuses more.", "route"),
 	}
 }

@@ -180,16 +180,37 @@ func (p *Pipeline) apply(cfg Config) error {
 			p.startInput(key, ri)
 		}
 	}
-	if old != nil {
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if err := old.Close(ctx); err != nil {
-				p.log.Warn("old routes did not close cleanly after reload", "error", err)
-			}
-		}()
+	if old == nil {
+		p.pruneSpool(r)
+		return nil
 	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := old.Close(ctx); err != nil {
+			p.log.Warn("old routes did not close cleanly after reload", "error", err)
+		}
+		// Only now: the old routes may have written to the spools of
+		// routes the reload removed until they closed.
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.pruneSpool(p.router.Load())
+	}()
 	return nil
+}
+
+// pruneSpool deletes the empty spool directories of routes r does not have
+// and reports those that still hold events. The caller holds p.mu, so that
+// no reload opens a route's spool while it runs.
+func (p *Pipeline) pruneSpool(r *Router) {
+	if p.spool == nil {
+		return
+	}
+	names := make([]string, len(r.routes))
+	for i, rt := range r.routes {
+		names[i] = rt.cfg.Name
+	}
+	p.spool.Prune(names)
 }
 
 // Routes describes the current routes.

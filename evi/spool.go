@@ -30,9 +30,11 @@ type SpoolConfig struct {
 	OnFull        string   `toml:"on_full"`        // drop_oldest | drop_newest; default drop_oldest
 	SegmentBytes  int64    `toml:"segment_bytes"`  // default 16 MiB
 	Retry         Duration `toml:"retry_interval"` // how often a failing head is retried; default 1s
-	// SpillAfter: an event that waited this long in its route's queue goes
-	// to the spool instead, so that a slow backend cannot make a proxy
-	// waiting for the outcome (event_stream reliable_mode) time out.
+	// SpillAfter bounds how long an event stays only in memory: one that no
+	// backend confirmed this long after it arrived (queued, or in flight on
+	// a backend that is dialling, blocked or hung) is written to the spool,
+	// so that it survives a crash and a proxy waiting for the outcome
+	// (event_stream reliable_mode) gets its answer in time.
 	SpillAfter Duration `toml:"spill_after"` // default 250ms
 }
 
@@ -111,8 +113,9 @@ type Spool struct {
 
 type spoolMetrics struct {
 	events, bytes, oldest *metrics.GaugeVec
+	maxBytes              *metrics.GaugeVec
 	spooled, replayed     *metrics.CounterVec
-	dropped               *metrics.CounterVec
+	dropped, duplicates   *metrics.CounterVec
 }
 
 // NewSpool prepares cfg.Dir; it returns nil, nil when the spool is off.
@@ -135,9 +138,12 @@ func NewSpool(cfg SpoolConfig, reg *metrics.Registry, log *slog.Logger) (*Spool,
 		events:   reg.Gauge("sipside_spool_events", "Events waiting in a route's spool.", "route"),
 		bytes:    reg.Gauge("sipside_spool_bytes", "Bytes of a route's spool on disk.", "route"),
 		oldest:   reg.Gauge("sipside_spool_oldest_age_seconds", "Age of the oldest spooled event of a route.", "route"),
+		maxBytes: reg.Gauge("sipside_spool_max_bytes", "The spool's max_bytes: what a route's spool may hold before on_full drops.", "route"),
 		spooled:  reg.Counter("sipside_spool_spooled_total", "Events written to a route's spool.", "route"),
 		replayed: reg.Counter("sipside_spool_replayed_total", "Spooled events delivered.", "route"),
 		dropped:  reg.Counter("sipside_spool_dropped_total", "Spooled events lost, by reason (full, age, corrupt, write_error).", "route", "reason"),
+		duplicates: reg.Counter("sipside_spool_duplicates_total",
+			"Events replayed after a restart that a backend may already have taken: they were written ahead while in flight and their outcome was not on disk when sipside stopped.", "route"),
 	}}, nil
 }
 
@@ -150,13 +156,68 @@ func (s *Spool) Route(route string) (*RouteSpool, error) {
 	if q, ok := s.queues[route]; ok {
 		return q, nil
 	}
-	dir := filepath.Join(s.cfg.Dir, unsafeName.ReplaceAllString(route, "_"))
+	dir := filepath.Join(s.cfg.Dir, spoolDirName(route))
 	q, err := openRouteSpool(dir, route, s.cfg, s.m, s.log.With("route", route))
 	if err != nil {
 		return nil, err
 	}
 	s.queues[route] = q
 	return q, nil
+}
+
+func spoolDirName(route string) string { return unsafeName.ReplaceAllString(route, "_") }
+
+// Prune deals with the spool directories of routes that are not in routes
+// (removed from the config, or left by an earlier one): an empty one is
+// deleted; one that still holds events is kept, logged and shown in
+// sipside_spool_events under its directory's name, because deleting it
+// would lose them. It returns the directories it kept.
+func (s *Spool) Prune(routes []string) (kept []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	want := map[string]bool{}
+	for _, r := range routes {
+		want[spoolDirName(r)] = true
+	}
+	entries, err := os.ReadDir(s.cfg.Dir)
+	if err != nil {
+		s.log.Warn("spool: cannot list the spool directory to clean up removed routes", "dir", s.cfg.Dir, "error", err)
+		return nil
+	}
+	for _, e := range entries {
+		if !e.IsDir() || want[e.Name()] {
+			continue
+		}
+		dir := filepath.Join(s.cfg.Dir, e.Name())
+		var q *RouteSpool
+		for name, open := range s.queues {
+			if spoolDirName(name) == e.Name() {
+				q = open
+				delete(s.queues, name)
+			}
+		}
+		if q == nil {
+			q, err = openRouteSpool(dir, e.Name(), s.cfg, s.m, s.log.With("route", e.Name()))
+			if err != nil {
+				s.log.Warn("spool: cannot read the spool of a route that is not configured; left as it is", "dir", dir, "error", err)
+				continue
+			}
+		}
+		n := q.Len()
+		q.Close()
+		if n > 0 {
+			s.log.Warn("spool: a route that is not configured (any more) still has events on disk; they stay there: add the route back with the same name to deliver them, or delete the directory",
+				"dir", dir, "events", n)
+			kept = append(kept, dir)
+			continue
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			s.log.Warn("spool: cannot delete the empty spool of a removed route", "dir", dir, "error", err)
+			continue
+		}
+		s.log.Info("spool: deleted the empty spool of a route that is not configured", "dir", dir)
+	}
+	return kept
 }
 
 // Close syncs and closes every queue.
@@ -182,10 +243,28 @@ const (
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
+// Payload versions: 1 is the event; 2 is a flags byte, then what 1 holds.
+// Version 1 is still written for plain records, so that a spool written by
+// this release can be read by the one before it as long as nothing was
+// written ahead.
+const (
+	payloadV1 = 1
+	payloadV2 = 2
+
+	// flagAhead marks a record written while its event was in flight: the
+	// backend may take it after all, so a replay after a crash may be a
+	// duplicate.
+	flagAhead = 1 << 0
+)
+
 // encodeEvent is the payload of one record.
-func encodeEvent(ev *Event) []byte {
+func encodeEvent(ev *Event, flags byte) []byte {
 	b := make([]byte, 0, 32+len(ev.Name)+len(ev.Source)+len(ev.Params))
-	b = append(b, 1) // payload version
+	if flags == 0 {
+		b = append(b, payloadV1)
+	} else {
+		b = append(b, payloadV2, flags)
+	}
 	b = binary.LittleEndian.AppendUint64(b, uint64(ev.Received.UnixNano()))
 	b = binary.AppendUvarint(b, uint64(len(ev.Name)))
 	b = append(b, ev.Name...)
@@ -202,8 +281,26 @@ func encodeEvent(ev *Event) []byte {
 }
 
 func decodeEvent(b []byte) (*Event, error) {
-	if len(b) < 9 || b[0] != 1 {
-		return nil, errors.New("unknown spool record version")
+	ev, _, err := decodeRecord(b)
+	return ev, err
+}
+
+// decodeRecord is decodeEvent that also returns the record's flags.
+func decodeRecord(b []byte) (*Event, byte, error) {
+	var flags byte
+	if len(b) > 1 && b[0] == payloadV2 {
+		flags = b[1]
+		b = b[1:] // the rest reads as version 1 from the flags byte on
+	} else if len(b) == 0 || b[0] != payloadV1 {
+		return nil, 0, errors.New("unknown spool record version")
+	}
+	ev, err := decodeV1(b)
+	return ev, flags, err
+}
+
+func decodeV1(b []byte) (*Event, error) {
+	if len(b) < 9 {
+		return nil, errors.New("truncated spool record")
 	}
 	ev := &Event{Received: time.Unix(0, int64(binary.LittleEndian.Uint64(b[1:9])))}
 	b = b[9:]
@@ -291,7 +388,16 @@ type spooled struct {
 	end  int64 // offset just past the record
 	size int64
 	recv time.Time
+	// done: written ahead and then confirmed by the backend; skipped, never replayed.
+	done bool
+	// maybeDup: written ahead by an earlier run that stopped before the
+	// outcome was known; counted as a possible duplicate when replayed.
+	maybeDup bool
 }
+
+// SpoolRef names one record of a route's spool, so that an event written
+// ahead can be marked confirmed when its backend takes it after all.
+type SpoolRef uint64
 
 // RouteSpool is one route's on-disk FIFO: append-only segment files of
 // checksummed records and a cursor file naming the first record not yet
@@ -307,6 +413,7 @@ type RouteSpool struct {
 	spooledC, replayedC      *metrics.Counter
 	droppedFull, droppedAge  *metrics.Counter
 	droppedCorrupt, writeErr *metrics.Counter
+	duplicates               *metrics.Counter
 
 	mu       sync.Mutex
 	w        *os.File // the segment being written
@@ -314,7 +421,9 @@ type RouteSpool struct {
 	wsize    int64
 	dirty    bool // written since the last fsync
 	pending  []spooled
-	head     int // index into pending of the first undelivered event
+	head     int    // index into pending of the first undelivered event
+	headSeq  uint64 // SpoolRef of pending[head]; refs are consecutive
+	ndone    int    // entries of pending[head:] marked done
 	total    int64
 	cursor   spooled // last delivered record (seg, end)
 	curDirty bool
@@ -334,10 +443,12 @@ func openRouteSpool(dir, route string, cfg SpoolConfig, m *spoolMetrics, log *sl
 		spooledC: m.spooled.With(route), replayedC: m.replayed.With(route),
 		droppedFull: m.dropped.With(route, "full"), droppedAge: m.dropped.With(route, "age"),
 		droppedCorrupt: m.dropped.With(route, "corrupt"), writeErr: m.dropped.With(route, "write_error"),
-		stop: make(chan struct{}), done: make(chan struct{})}
+		duplicates: m.duplicates.With(route),
+		stop:       make(chan struct{}), done: make(chan struct{})}
 	if err := q.recover(); err != nil {
 		return nil, fmt.Errorf("spool for route %q in %s: %w", route, dir, err)
 	}
+	m.maxBytes.With(route).Set(float64(cfg.MaxBytes))
 	go q.syncLoop()
 	return q, nil
 }
@@ -389,13 +500,13 @@ func (q *RouteSpool) recover() error {
 				off += int64(skip)
 				continue
 			}
-			ev, derr := decodeEvent(p)
+			ev, flags, derr := decodeRecord(p)
 			recv := time.Time{}
 			if derr == nil {
 				recv = ev.Received
 			}
 			off += int64(n)
-			q.pending = append(q.pending, spooled{seg: seq, end: off, size: int64(n), recv: recv})
+			q.pending = append(q.pending, spooled{seg: seq, end: off, size: int64(n), recv: recv, maybeDup: flags&flagAhead != 0})
 			q.total += int64(n)
 		}
 		if i == len(segs)-1 {
@@ -432,25 +543,64 @@ func (q *RouteSpool) segments() ([]uint64, error) {
 	return segs, nil
 }
 
-// Len is the number of events waiting.
+// Len is the number of events waiting to be replayed (records written
+// ahead and since confirmed do not count).
 func (q *RouteSpool) Len() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.pending) - q.head
+	return len(q.pending) - q.head - q.ndone
 }
 
 // Append writes ev at the tail. With fsync = always it is on disk when
 // Append returns.
 func (q *RouteSpool) Append(ev *Event) error {
-	rec := appendRecord(nil, encodeEvent(ev))
+	_, err := q.append(ev, 0)
+	return err
+}
+
+// AppendAhead writes ev, which a backend has in flight, at the tail. If the
+// backend confirms it later, MarkDone(ref) keeps it from being replayed.
+func (q *RouteSpool) AppendAhead(ev *Event) (SpoolRef, error) {
+	return q.append(ev, flagAhead)
+}
+
+// MarkDone records that the event written ahead as ref was delivered after
+// all: replay skips it. Only this process's memory knows it; after a crash
+// the record is replayed and counted in sipside_spool_duplicates_total.
+func (q *RouteSpool) MarkDone(ref SpoolRef) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	seq := uint64(ref)
+	if seq < q.headSeq || seq >= q.headSeq+uint64(len(q.pending)-q.head) {
+		return // already gone (dropped because the spool was full)
+	}
+	i := q.head + int(seq-q.headSeq)
+	if q.pending[i].done {
+		return
+	}
+	q.pending[i].done = true
+	q.ndone++
+	// Done records at the head go at once, so that the cursor moves past
+	// them and a restart does not replay them.
+	for q.head < len(q.pending) && q.pending[q.head].done {
+		q.popLocked()
+	}
+}
+
+func (q *RouteSpool) append(ev *Event, flags byte) (SpoolRef, error) {
+	rec := appendRecord(nil, encodeEvent(ev, flags))
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	size := int64(len(rec))
 	for q.total+size > q.cfg.MaxBytes {
+		if q.head < len(q.pending) && q.pending[q.head].done {
+			q.popLocked() // confirmed already: nothing is lost
+			continue
+		}
 		if q.cfg.OnFull == dropNewest || q.head == len(q.pending) {
 			q.droppedFull.Inc()
 			q.log.Error("spool full: event dropped (on_full = drop_newest); raise [spool] max_bytes or fix the backend", "event", ev.Name, "max_bytes", q.cfg.MaxBytes)
-			return fmt.Errorf("spool of route %q is full (%d bytes)", q.route, q.cfg.MaxBytes)
+			return 0, fmt.Errorf("spool of route %q is full (%d bytes)", q.route, q.cfg.MaxBytes)
 		}
 		q.droppedFull.Inc()
 		q.log.Error("spool full: oldest event dropped (on_full = drop_oldest); raise [spool] max_bytes or fix the backend", "max_bytes", q.cfg.MaxBytes)
@@ -459,7 +609,7 @@ func (q *RouteSpool) Append(ev *Event) error {
 	if q.wsize > 0 && q.wsize+size > q.cfg.SegmentBytes {
 		if err := q.rotateLocked(); err != nil {
 			q.writeErr.Inc()
-			return err
+			return 0, err
 		}
 	}
 	if _, err := q.w.Write(rec); err != nil {
@@ -468,10 +618,11 @@ func (q *RouteSpool) Append(ev *Event) error {
 		// A partial write would leave a torn record in the middle of the
 		// segment; start a fresh segment so the next record is clean.
 		_ = q.rotateLocked()
-		return fmt.Errorf("spool write: %w", err)
+		return 0, fmt.Errorf("spool write: %w", err)
 	}
 	q.wsize += size
 	q.total += size
+	ref := SpoolRef(q.headSeq + uint64(len(q.pending)-q.head))
 	q.pending = append(q.pending, spooled{seg: q.wseg, end: q.wsize, size: size, recv: ev.Received})
 	q.spooledC.Inc()
 	if q.cfg.Fsync == fsyncAlways {
@@ -482,7 +633,7 @@ func (q *RouteSpool) Append(ev *Event) error {
 		q.dirty = true
 	}
 	q.gauges()
-	return nil
+	return ref, nil
 }
 
 func (q *RouteSpool) rotateLocked() error {
@@ -510,6 +661,10 @@ func (q *RouteSpool) Peek() (*Event, bool) {
 	defer q.mu.Unlock()
 	for q.head < len(q.pending) {
 		s := q.pending[q.head]
+		if s.done {
+			q.popLocked()
+			continue
+		}
 		if s.recv.IsZero() || time.Since(s.recv) > time.Duration(q.cfg.MaxAge) {
 			if s.recv.IsZero() {
 				q.droppedCorrupt.Inc()
@@ -566,6 +721,9 @@ func (q *RouteSpool) Pop() {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.head < len(q.pending) {
+		if q.pending[q.head].maybeDup {
+			q.duplicates.Inc()
+		}
 		q.popLocked()
 		q.replayedC.Inc()
 	}
@@ -573,7 +731,11 @@ func (q *RouteSpool) Pop() {
 
 func (q *RouteSpool) popLocked() {
 	s := q.pending[q.head]
+	if s.done {
+		q.ndone--
+	}
 	q.head++
+	q.headSeq++
 	q.total -= s.size
 	old := q.cursor.seg
 	q.cursor = s
@@ -626,7 +788,7 @@ func (q *RouteSpool) removeOldLocked() {
 }
 
 func (q *RouteSpool) gauges() {
-	n := len(q.pending) - q.head
+	n := len(q.pending) - q.head - q.ndone
 	q.events.Set(float64(n))
 	q.bytes.Set(float64(q.total))
 	if n > 0 {

@@ -13,7 +13,7 @@ import (
 // every 100 ms, never = none).
 func BenchmarkSpool(b *testing.B) {
 	ev := &Event{Name: "E_UL_CONTACT_INSERT", Params: benchPayload[48 : len(benchPayload)-1], Received: time.Now(), Source: "udp:127.0.0.1:8090"}
-	rec := appendRecord(nil, encodeEvent(ev))
+	rec := appendRecord(nil, encodeEvent(ev, 0))
 	for _, policy := range []string{fsyncNever, fsyncInterval, fsyncAlways} {
 		b.Run("write/fsync="+policy, func(b *testing.B) {
 			s, _ := NewSpool(SpoolConfig{Dir: b.TempDir(), Fsync: policy, MaxBytes: 8 << 30}, nil, nil)

@@ -241,16 +241,33 @@ func (c *Config) validate(src string) error {
 			return bad("socket", "subscribe", i, fmt.Errorf("%q is not one of sipside's [[input]] listen strings: OpenSIPS would send the events where nobody listens", sc.Socket))
 		}
 	}
+	if len(c.Route) > evi.MaxRoutes {
+		return bad("to", "route", evi.MaxRoutes, fmt.Errorf("%d routes: at most %d (each runs its own workers and connections); merge routes with event globs or virtual: sockets", len(c.Route), evi.MaxRoutes))
+	}
 	for i, r := range c.Route {
 		if err := (evi.Config{Routes: []evi.RouteConfig{r}}).Validate(); err != nil {
 			key := "to"
-			if strings.Contains(err.Error(), "events:") {
+			switch {
+			case strings.Contains(err.Error(), "events:"):
 				key = "events"
+			case strings.HasPrefix(unwrapRoute(err), "queue ="):
+				key = "queue"
+			case strings.HasPrefix(unwrapRoute(err), "window ="):
+				key = "window"
 			}
 			return bad(key, "route", i, err)
 		}
 	}
 	return nil
+}
+
+// unwrapRoute drops evi's `route "NAME": ` prefix from a route's error.
+func unwrapRoute(err error) string {
+	s := err.Error()
+	if _, rest, ok := strings.Cut(s, `": `); ok && strings.HasPrefix(s, "route ") {
+		return rest
+	}
+	return s
 }
 
 // listensOn tells whether socket is one of the inputs, written the same way:
