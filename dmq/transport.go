@@ -10,8 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/sipside/sipside/internal/ratelog"
 )
 
 // handlerFunc answers one request. It runs on the transport's single worker,
@@ -35,6 +36,7 @@ type replier func(raw []byte) error
 type transport struct {
 	conn    *net.UDPConn
 	log     *slog.Logger
+	rl      *ratelog.Logger
 	metrics *nodeMetrics
 	timers  Timers
 	handle  handlerFunc
@@ -45,10 +47,6 @@ type transport struct {
 	clients clientTxs
 	servers serverTxs
 	queue   chan inbound
-
-	dropMu   sync.Mutex
-	dropLast time.Time
-	dropped  atomic.Int64
 }
 
 func listenUDP(addr NodeAddr) (*net.UDPConn, error) {
@@ -188,7 +186,7 @@ func (t *transport) reply(rep replier, peer netip.AddrPort, resp *Message, chann
 		before(raw)
 	}
 	if err := rep(raw); err != nil {
-		t.log.Warn("dmq: sending reply failed", "to", peer.String(), "status", resp.StatusCode, "err", err)
+		t.rl.WarnKey("reply "+peer.String(), "dmq: sending reply failed", "to", peer.String(), "status", resp.StatusCode, "err", err)
 	}
 	t.metrics.messages.With("out", channel, "response").Inc()
 	return raw
@@ -204,19 +202,11 @@ func (t *transport) send(dst netip.AddrPort, raw []byte, channel string, count b
 	return nil
 }
 
-// drop counts refused traffic and logs it, at most once a second, so that a
-// flood of garbage cannot flood the log too.
+// drop counts refused traffic and logs it at most once a second per reason
+// and source, so that a flood of garbage cannot flood the log too.
 func (t *transport) drop(reason string, src netip.AddrPort, err error) {
 	t.metrics.rejects.With(reason).Inc()
-	n := t.dropped.Add(1)
-	t.dropMu.Lock()
-	defer t.dropMu.Unlock()
-	if time.Since(t.dropLast) < time.Second {
-		return
-	}
-	t.dropLast = time.Now()
-	t.dropped.Store(0)
-	t.log.Warn("dmq: refused message", "reason", reason, "from", src.String(), "err", err, "refused_since_last_log", n)
+	t.rl.WarnKey(reason+" "+src.String(), "dmq: refused message", "reason", reason, "from", src.String(), "err", err)
 }
 
 // replyAddr is where the sl module would answer: the topmost Via's sent-by
