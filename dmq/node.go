@@ -179,6 +179,7 @@ func (n *Node) Run(ctx context.Context) error {
 		metrics: n.metrics,
 		timers:  Timers{T1: n.cfg.T1, T2: n.cfg.T2, Timeout: n.cfg.Timeout},
 		handle:  n.handleRequest,
+		admit:   n.admit,
 		trace:   n.opts.Trace,
 		queue:   make(chan inbound, 4096),
 	}
@@ -571,10 +572,41 @@ func (n *Node) handleRequest(req *Message, src netip.AddrPort) *Message {
 		r.Headers = append(r.Headers[:len(r.Headers)-1], Header{"Allow", "KDMQ, OPTIONS"}, Header{"Content-Length", ""})
 		return r
 	}
+	r, resp := n.request(req, src)
+	if resp != nil {
+		return resp
+	}
+	if r.Channel == ChannelNotification {
+		return n.handleNotification(req, r, src)
+	}
+	code := n.peers[r.Channel].Handle(r)
+	if code == 400 || code == 500 {
+		n.metrics.rejects.With("bad_body").Inc()
+	}
+	return req.Reply(code, reasonPhrase(code), n.toTag, "", nil)
+}
+
+// admit refuses, on the reader, the KDMQ requests the worker would refuse
+// without looking at their body: unknown channels and strangers.
+func (n *Node) admit(req *Message, src netip.AddrPort) *Message {
+	if req.Method != MethodKDMQ {
+		return nil
+	}
+	r, resp := n.request(req, src)
+	if resp != nil || r.Channel == ChannelNotification {
+		return resp
+	}
+	return nil
+}
+
+// request reads a KDMQ request's channel and sender; a non-nil answer
+// refuses it (bad URI, unknown channel, or a peer channel from an address
+// that is not a node).
+func (n *Node) request(req *Message, src netip.AddrPort) (*Request, *Message) {
 	u, err := ParseURI(req.RequestURI)
 	if err != nil || u.User == "" {
 		n.refuse("bad_request", src, "dmq: KDMQ with an unusable request URI", "uri", req.RequestURI, "err", err)
-		return req.Reply(400, reasonPhrase(400), n.toTag, "", nil)
+		return nil, req.Reply(400, reasonPhrase(400), n.toTag, "", nil)
 	}
 	r := &Request{Channel: u.User, Body: req.Body, Msg: req, Src: src}
 	r.ContentType, _ = req.Get("Content-Type")
@@ -587,25 +619,20 @@ func (n *Node) handleRequest(req *Message, src netip.AddrPort) *Message {
 		}
 	}
 	if r.Channel == ChannelNotification {
-		return n.handleNotification(req, r, src)
+		return r, nil
 	}
-	p, ok := n.peers[r.Channel]
-	if !ok {
+	if _, ok := n.peers[r.Channel]; !ok {
 		n.metrics.rejects.With("unknown_channel").Inc()
-		return req.Reply(404, reasonPhrase(404), n.toTag, "", nil)
+		return nil, req.Reply(404, reasonPhrase(404), n.toTag, "", nil)
 	}
 	if !r.Known {
 		// Kamailio scripts guard these channels with dmq_is_from_node(); a
 		// stranger must not fill the mirror or fire events into the routes.
 		n.refuse("not_from_node", src, "dmq: KDMQ from an address that is not a node; refused",
 			"channel", r.Channel, "from", r.From.String())
-		return req.Reply(403, reasonPhrase(403), n.toTag, "", nil)
+		return nil, req.Reply(403, reasonPhrase(403), n.toTag, "", nil)
 	}
-	code := p.Handle(r)
-	if code == 400 || code == 500 {
-		n.metrics.rejects.With("bad_body").Inc()
-	}
-	return req.Reply(code, reasonPhrase(code), n.toTag, "", nil)
+	return r, nil
 }
 
 // fromSource reports whether a packet from src can be node a's: Kamailio

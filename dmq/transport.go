@@ -40,7 +40,12 @@ type transport struct {
 	metrics *nodeMetrics
 	timers  Timers
 	handle  handlerFunc
-	trace   func(in bool, peer netip.AddrPort, m *Message)
+	// admit, when set, runs on the reader before a request is queued; a
+	// non-nil answer is sent at once and the request goes no further.
+	// Refusing strangers there keeps a flood out of the queue and the
+	// transaction table, which would otherwise hold it for Timer J.
+	admit handlerFunc
+	trace func(in bool, peer netip.AddrPort, m *Message)
 
 	tcp *tcpTransport // nil: UDP only
 
@@ -142,6 +147,12 @@ func (t *transport) receive(ctx context.Context, data []byte, src netip.AddrPort
 		t.drop("bad_request", src, err)
 		t.reply(rep, src, m.Reply(400, "Bad Request", newTag(), "", nil), channelOf(m), nil)
 		return
+	}
+	if t.admit != nil {
+		if resp := t.admit(m, src); resp != nil {
+			t.reply(rep, src, resp, channelOf(m), nil)
+			return
+		}
 	}
 	key := serverKey(m)
 	now := time.Now()
