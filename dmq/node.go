@@ -26,6 +26,7 @@ type Request struct {
 	Src         netip.AddrPort // where the packet came from
 	Verified    bool           // From matches Src (see fromSource)
 	Known       bool           // Verified, and From is a node of the list (not pending)
+	Listed      bool           // Verified, and From is in the list in any status (a pending seed too)
 	ContentType string
 	Body        []byte
 	Msg         *Message
@@ -615,7 +616,8 @@ func (n *Node) request(req *Message, src netip.AddrPort) (*Request, *Message) {
 			r.From = a
 			r.Verified = fromSource(a, src)
 			info, ok := n.list.Lookup(a)
-			r.Known = r.Verified && ok && !info.Local && info.Status != StatusPending
+			r.Listed = r.Verified && ok && !info.Local
+			r.Known = r.Listed && info.Status != StatusPending
 		}
 	}
 	if r.Channel == ChannelNotification {
@@ -665,7 +667,9 @@ func (n *Node) handleNotification(req *Message, r *Request, src netip.AddrPort) 
 		n.refuse("not_from_node", src, "dmq: node list whose From is not its source; refused", "from", r.From.String())
 		return req.Reply(403, reasonPhrase(403), n.toTag, "", nil)
 	}
-	res := n.list.MergeFrom(lines, r.From, r.Known)
+	// A seed that has not answered yet is pending but configured, hence
+	// trusted: its list may name nodes (as dmq_is_from_node, any status).
+	res := n.list.MergeFrom(lines, r.From, r.Listed)
 	n.countMerge(res, src, r.From)
 	for _, c := range res.Changes {
 		n.nodeChanged(c, r.From.String())
