@@ -50,7 +50,27 @@ type Config struct {
 	Timeout time.Duration `toml:"timeout"`
 	// LeaveTimeout bounds how long leaving waits for the nodes to confirm.
 	LeaveTimeout time.Duration `toml:"leave_timeout"`
+	// MaxNodes caps the node list (this node not counted). Lines that would
+	// add a node beyond it are refused and counted: every node costs a ping
+	// per interval and a line in every node list this node sends.
+	MaxNodes int `toml:"max_nodes"`
+	// MaxCells caps the cells mirrored per htable; a set or sync cell that
+	// would add one more is refused and counted (updates of cells already
+	// mirrored still apply).
+	MaxCells int `toml:"max_cells"`
 }
+
+// Limits a hostile or broken peer cannot push this node past.
+const (
+	// DefaultMaxNodes is far above any real DMQ bus: Kamailio 5.6 builds its
+	// own node-list body in 1024 bytes, about 30 nodes.
+	DefaultMaxNodes = 256
+	// DefaultMaxCells bounds one table's mirror to about 35 MB (138 B/cell).
+	DefaultMaxCells = 250000
+	// maxMaxNodes bounds what an operator can ask for: every node is pinged
+	// every interval, and its line goes into every list this node sends.
+	maxMaxNodes = 4096
+)
 
 // Defaults returns the configuration used for every key left out.
 func Defaults() Config {
@@ -62,6 +82,8 @@ func Defaults() Config {
 		T2:           DefaultTimers.T2,
 		Timeout:      DefaultTimers.Timeout,
 		LeaveTimeout: 2 * time.Second,
+		MaxNodes:     DefaultMaxNodes,
+		MaxCells:     DefaultMaxCells,
 	}
 }
 
@@ -88,6 +110,12 @@ func (c Config) withDefaults() Config {
 	}
 	if c.LeaveTimeout == 0 {
 		c.LeaveTimeout = d.LeaveTimeout
+	}
+	if c.MaxNodes == 0 {
+		c.MaxNodes = d.MaxNodes
+	}
+	if c.MaxCells == 0 {
+		c.MaxCells = d.MaxCells
 	}
 	return c
 }
@@ -135,6 +163,14 @@ func (c Config) Validate() error {
 	}
 	if c.T1 <= 0 || c.T2 < c.T1 || c.Timeout < c.T1 {
 		errs = append(errs, fmt.Errorf("dmq timers: want 0 < t1 <= t2 and t1 <= timeout (got t1=%s t2=%s timeout=%s)", c.T1, c.T2, c.Timeout))
+	}
+	if c.MaxNodes < 1 || c.MaxNodes > maxMaxNodes {
+		errs = append(errs, fmt.Errorf("dmq.max_nodes %d: use 1 to %d (default %d); a real bus has a few nodes", c.MaxNodes, maxMaxNodes, DefaultMaxNodes))
+	} else if c.MaxNodes < len(c.Seeds) {
+		errs = append(errs, fmt.Errorf("dmq.max_nodes %d: smaller than the %d seeds; raise it to at least the number of seeds", c.MaxNodes, len(c.Seeds)))
+	}
+	if c.MaxCells < 1 {
+		errs = append(errs, fmt.Errorf("dmq.max_cells %d: use a positive number of cells per table (default %d)", c.MaxCells, DefaultMaxCells))
 	}
 	return errors.Join(errs...)
 }

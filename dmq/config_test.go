@@ -29,6 +29,11 @@ func TestConfigValidate(t *testing.T) {
 		{"ping", func(c *Config) { c.PingInterval = time.Millisecond }, "ping_interval"},
 		{"peer", func(c *Config) { c.Peers = []string{"presence"} }, `unknown peer "presence"`},
 		{"timers", func(c *Config) { c.T1 = time.Second; c.T2 = time.Millisecond }, "t1 <= t2"},
+		{"max_nodes negative", func(c *Config) { c.MaxNodes = -1 }, "dmq.max_nodes -1: use 1 to"},
+		{"max_nodes huge", func(c *Config) { c.MaxNodes = 1 << 20 }, "dmq.max_nodes 1048576: use 1 to"},
+		{"max_nodes below seeds", func(c *Config) { c.MaxNodes = 1; c.Seeds = append(c.Seeds, "sip:127.0.0.3:5060") }, "smaller than the 2 seeds"},
+		{"max_cells negative", func(c *Config) { c.MaxCells = -5 }, "dmq.max_cells -5"},
+		{"limits set", func(c *Config) { c.MaxNodes = 8; c.MaxCells = 10 }, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

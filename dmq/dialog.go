@@ -87,7 +87,7 @@ func (d *Dialogs) Handle(r *Request) int {
 	var p fastjson.Parser
 	v, err := p.ParseBytes(r.Body)
 	if err != nil || v.Type() != fastjson.TypeObject {
-		d.node.log.Warn("dmq: dialog body is not a JSON object", "from", r.From.String(), "err", err)
+		d.node.rl.WarnKey("dialog_json "+r.Src.String(), "dmq: dialog body is not a JSON object", "from", r.From.String(), "err", err)
 		return 400
 	}
 	action := v.GetInt("action")

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"regexp"
 	"sort"
 	"strconv"
@@ -69,17 +70,25 @@ type cellVal struct {
 // autoexpire=0 table, the mirror does honour set-expire, because what the
 // sender meant is plain.
 type HTable struct {
-	node    *Node
-	allowed map[string]bool // nil: every table
-	now     func() time.Time
+	node     *Node
+	allowed  map[string]bool // nil: every table
+	now      func() time.Time
+	maxCells int // per table
 
 	mu     sync.RWMutex
 	tables map[string]map[string]*cellVal
 	count  int
+	asked  map[NodeAddr]time.Time // when each node was last asked for a sync
 }
 
-func newHTable(n *Node, tables []string) *HTable {
-	h := &HTable{node: n, now: time.Now, tables: make(map[string]map[string]*cellVal)}
+// syncAnswerWindow is how long after asking a node its sync answers are
+// taken: Kamailio sends every chunk at once, but a table of a million cells
+// is a few hundred datagrams through a busy tm.
+const syncAnswerWindow = time.Minute
+
+func newHTable(n *Node, tables []string, maxCells int) *HTable {
+	h := &HTable{node: n, now: time.Now, tables: make(map[string]map[string]*cellVal),
+		maxCells: maxCells, asked: make(map[NodeAddr]time.Time)}
 	if len(tables) > 0 {
 		h.allowed = make(map[string]bool)
 		for _, t := range tables {
@@ -94,6 +103,27 @@ func (h *HTable) Channel() string { return ChannelHTable }
 
 // SyncRequest implements Peer: {"action":1} asks for every replicated table.
 func (h *HTable) SyncRequest() []byte { return []byte(`{"action":1}`) }
+
+// markAsked records that a was asked for a sync, so that its answers are
+// taken for syncAnswerWindow.
+func (h *HTable) markAsked(a NodeAddr) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	now := h.now()
+	for k, at := range h.asked {
+		if now.Sub(at) > syncAnswerWindow {
+			delete(h.asked, k)
+		}
+	}
+	h.asked[a] = now
+}
+
+func (h *HTable) wasAsked(a NodeAddr) bool {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	at, ok := h.asked[a]
+	return ok && h.now().Sub(at) <= syncAnswerWindow
+}
 
 // htMsg is one parsed htable action body.
 type htMsg struct {
@@ -170,12 +200,12 @@ func (h *HTable) Handle(r *Request) int {
 	var p fastjson.Parser
 	v, err := p.ParseBytes(r.Body)
 	if err != nil {
-		h.node.log.Warn("dmq: htable body is not JSON", "from", r.From.String(), "err", err)
+		h.node.rl.WarnKey("htable_json "+r.Src.String(), "dmq: htable body is not JSON", "from", r.From.String(), "err", err)
 		return 400
 	}
 	o, err := v.Object()
 	if err != nil || o.Len() == 0 {
-		h.node.log.Warn("dmq: htable body is not a JSON object with members", "from", r.From.String())
+		h.node.rl.WarnKey("htable_object "+r.Src.String(), "dmq: htable body is not a JSON object with members", "from", r.From.String())
 		return 400
 	}
 	first := ""
@@ -185,12 +215,18 @@ func (h *HTable) Handle(r *Request) int {
 		}
 	})
 	if first == "cells" {
+		if !h.wasAsked(r.From) {
+			// Kamailio broadcasts a sync answer when the asking node is
+			// unknown to it; such cells, and anyone else's, are not ours.
+			h.node.refuse("unsolicited_sync", r.Src, "dmq: htable sync answer this node did not ask for; refused", "from", r.From.String())
+			return 403
+		}
 		h.applySync(r, o.Get("cells"))
 		return 200
 	}
 	m, err := parseHTAction(o)
 	if err != nil {
-		h.node.log.Warn("dmq: htable body refused", "from", r.From.String(), "err", err)
+		h.node.rl.WarnKey("htable_body "+r.Src.String(), "dmq: htable body refused", "from", r.From.String(), "err", err)
 		return 400
 	}
 	if m.action == htSync {
@@ -198,7 +234,7 @@ func (h *HTable) Handle(r *Request) int {
 			from := r.From
 			h.node.Go(func(ctx context.Context) { h.sendSync(ctx, from, m.htname) })
 		} else {
-			h.node.log.Info("dmq: htable sync asked by a node not in the list; not answering", "from", r.From.String())
+			h.node.rl.InfoKey("htable_sync "+r.Src.String(), "dmq: htable sync asked by a node not in the list; not answering", "from", r.From.String())
 		}
 		return 200
 	}
@@ -212,7 +248,7 @@ func (h *HTable) tableAllowed(t string) bool {
 // apply replays one action (ht_dmq_replay_action).
 func (h *HTable) apply(m htMsg, from NodeAddr) int {
 	if !h.tableAllowed(m.htname) {
-		h.node.log.Warn("dmq: htable action for a table not mirrored", "table", m.htname, "from", from.String())
+		h.node.rl.WarnKey("htable_table "+from.String(), "dmq: htable action for a table not mirrored", "table", m.htname, "from", from.String())
 		return 500
 	}
 	switch m.action {
@@ -221,7 +257,10 @@ func (h *HTable) apply(m htMsg, from NodeAddr) int {
 			return 400
 		}
 		c := Cell{Table: m.htname, Name: m.cname, Type: m.typ & TypeStr, Int: m.intval, Str: m.strval}
-		h.store(c)
+		if !h.store(c) {
+			h.refuseFull(c.Table, 1, from)
+			return 500
+		}
 		h.event("set", c, from)
 	case htSetCellExpire:
 		if !m.hasCname || !m.hasInt {
@@ -267,10 +306,16 @@ func (h *HTable) apply(m htMsg, from NodeAddr) int {
 func (h *HTable) applySync(r *Request, cells *fastjson.Value) {
 	arr, err := cells.Array()
 	if err != nil {
-		h.node.log.Warn("dmq: htable sync answer without a cells array", "from", r.From.String())
+		h.node.rl.WarnKey("htable_cells "+r.Src.String(), "dmq: htable sync answer without a cells array", "from", r.From.String())
 		return
 	}
 	now := h.now().Unix()
+	full := map[string]int{}
+	defer func() {
+		for table, n := range full {
+			h.refuseFull(table, n, r.From)
+		}
+	}()
 	for _, cv := range arr {
 		o, err := cv.Object()
 		if err != nil {
@@ -289,28 +334,44 @@ func (h *HTable) applySync(r *Request, cells *fastjson.Value) {
 		if exp := o.Get("expire").GetInt64(); exp > now {
 			c.Expire = time.Unix(exp, 0)
 		}
-		h.store(c)
+		if !h.store(c) {
+			full[c.Table]++
+			continue
+		}
 		h.event("sync", c, r.From)
 	}
 }
 
-func (h *HTable) store(c Cell) {
+// store puts a cell in the mirror; false when that would take its table
+// past max_cells (a cell already mirrored is always updated).
+func (h *HTable) store(c Cell) bool {
 	v := &cellVal{str: c.Type == TypeStr, n: c.Int, s: c.Str}
 	if !c.Expire.IsZero() {
 		v.expire = c.Expire.Unix()
 	}
 	h.mu.Lock()
 	t := h.tables[c.Table]
+	if _, ok := t[c.Name]; !ok {
+		if h.maxCells > 0 && len(t) >= h.maxCells {
+			h.mu.Unlock()
+			return false
+		}
+		h.count++
+	}
 	if t == nil {
 		t = make(map[string]*cellVal)
 		h.tables[c.Table] = t
 	}
-	if _, ok := t[c.Name]; !ok {
-		h.count++
-	}
 	t[c.Name] = v
 	h.mu.Unlock()
 	h.node.metrics.cells.With().Set(float64(h.Len()))
+	return true
+}
+
+// refuseFull counts n cells of table refused by max_cells.
+func (h *HTable) refuseFull(table string, n int, from NodeAddr) {
+	h.node.refuseN("max_cells", n, netip.AddrPort{}, "dmq: htable mirror full (dmq.max_cells); new cells refused",
+		"table", table, "refused", n, "max_cells", h.maxCells, "from", from.String())
 }
 
 func (h *HTable) setExpire(table, name string, secs int64) (Cell, bool) {
@@ -460,7 +521,9 @@ func (h *HTable) set(ctx context.Context, c Cell, expire time.Duration) error {
 	if c.Table == "" || c.Name == "" {
 		return errors.New("htable set: table and name must not be empty")
 	}
-	h.store(c)
+	if !h.store(c) {
+		return fmt.Errorf("htable set %s=>%s: the mirror of %s holds dmq.max_cells (%d) cells; raise max_cells or delete some", c.Table, c.Name, c.Table, h.maxCells)
+	}
 	h.event("set", c, h.node.self)
 	if err := h.node.Broadcast(ctx, ChannelHTable, "application/json", htActionBody(htSetCell, c, 1)); err != nil {
 		return fmt.Errorf("htable set %s=>%s: %w", c.Table, c.Name, err)
@@ -512,7 +575,7 @@ func (h *HTable) sendSync(ctx context.Context, to NodeAddr, table string) {
 		body := append([]byte(`{"cells":[`), buf.Bytes()...)
 		body = append(body, "]}"...)
 		if _, err := h.node.Send(ctx, to, ChannelHTable, "application/json", body, 1); err != nil && ctx.Err() == nil {
-			h.node.log.Warn("dmq: htable sync answer failed", "to", to.String(), "err", err)
+			h.node.rl.WarnKey("sync_answer "+to.String(), "dmq: htable sync answer failed", "to", to.String(), "err", err)
 		}
 		buf.Reset()
 		count = 0

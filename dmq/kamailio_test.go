@@ -538,12 +538,14 @@ func TestKamailioBus(t *testing.T) {
 			}
 			return nil
 		})
+		// From an address that is not a node: refused before the body is
+		// read (bad bodies from nodes are TestPeerAnswers' part).
 		cases := []struct{ channel, body, want string }{
-			{"htable", "not json", "SIP/2.0 400 "},
-			{"htable", `{"action":2,"bogus":1}`, "SIP/2.0 400 "},
-			{"htable", "", "SIP/2.0 400 "},
-			{"usrloc", "[1,2", "SIP/2.0 400 "},
-			{"dialog", "{", "SIP/2.0 400 "},
+			{"htable", "not json", "SIP/2.0 403 "},
+			{"htable", `{"action":2,"bogus":1}`, "SIP/2.0 403 "},
+			{"htable", "", "SIP/2.0 403 "},
+			{"usrloc", "[1,2", "SIP/2.0 403 "},
+			{"dialog", "{", "SIP/2.0 403 "},
 			{"customchan", `{"x":1}`, "SIP/2.0 404 "},
 			{"notification_peer", "sip:127.0.0.9:5060;status=active\r\n\r\nsip:127.0.0.10:5060;status=active\r\n", "SIP/2.0 400 "},
 			{"notification_peer", "sip:127.0.0.9:5060;status=bogus\r\n", "SIP/2.0 400 "},

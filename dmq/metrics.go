@@ -11,6 +11,7 @@ type nodeMetrics struct {
 	cells           *metrics.GaugeVec   // (none)
 	contacts        *metrics.GaugeVec
 	dialogs         *metrics.GaugeVec
+	logSuppressed   *metrics.CounterVec
 }
 
 func newNodeMetrics(r *metrics.Registry) *nodeMetrics {
@@ -30,5 +31,7 @@ func newNodeMetrics(r *metrics.Registry) *nodeMetrics {
 		cells:    r.Gauge("sipside_dmq_htable_cells", "Cells in the htable mirror."),
 		contacts: r.Gauge("sipside_dmq_usrloc_contacts", "Contacts in the usrloc view."),
 		dialogs:  r.Gauge("sipside_dmq_dialogs", "Dialogs in the dialog view."),
+		logSuppressed: r.Counter("sipside_dmq_log_suppressed_total",
+			"Refusal log lines held back by the once-a-second-per-reason-and-source limit."),
 	}
 }

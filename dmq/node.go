@@ -15,13 +15,18 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sipside/sipside/internal/ratelog"
 )
 
 // Request is a KDMQ request as a peer sees it.
 type Request struct {
 	Channel     string
-	From        NodeAddr // the sender's server_address, from the From URI
-	Known       bool     // From is a node of the list (not pending)
+	From        NodeAddr       // the sender's server_address, from the From URI
+	Src         netip.AddrPort // where the packet came from
+	Verified    bool           // From matches Src (see fromSource)
+	Known       bool           // Verified, and From is a node of the list (not pending)
+	Listed      bool           // Verified, and From is in the list in any status (a pending seed too)
 	ContentType string
 	Body        []byte
 	Msg         *Message
@@ -52,6 +57,17 @@ type Node struct {
 	htable *HTable
 	usrloc *Usrloc
 	dialog *Dialogs
+
+	// rl logs refusals at most once a second per reason and source.
+	rl *ratelog.Logger
+
+	// Outgoing notifications go through a fixed pool of workers; a node
+	// is queued at most once (notifyMF holds its Max-Forwards), so the
+	// work never exceeds one ping per node in the list, however many
+	// notifications ask for more.
+	notifyQ  chan NodeAddr
+	notifyMu sync.Mutex
+	notifyMF map[NodeAddr]int
 
 	mu      sync.Mutex
 	tr      *transport
@@ -90,6 +106,13 @@ func New(cfg Config, opts Options) (*Node, error) {
 		n.log = slog.Default()
 	}
 	n.log = n.log.With("dmq_node", self.String())
+	n.rl = ratelog.New(n.log, time.Second)
+	n.rl.OnSuppress = n.metrics.logSuppressed.With().Inc
+	n.list.SetMax(cfg.MaxNodes)
+	// Seeds are queued without the cap, and a node is queued once: the
+	// queue can hold every node, so a ping round never overflows it.
+	n.notifyQ = make(chan NodeAddr, cfg.MaxNodes+len(cfg.Seeds)+1)
+	n.notifyMF = make(map[NodeAddr]int)
 	for _, s := range cfg.Seeds {
 		a, _ := ParseNodeAddr(s)
 		n.seeds = append(n.seeds, a)
@@ -98,7 +121,7 @@ func New(cfg Config, opts Options) (*Node, error) {
 	for _, p := range cfg.Peers {
 		switch p {
 		case ChannelHTable:
-			n.htable = newHTable(n, cfg.HTables)
+			n.htable = newHTable(n, cfg.HTables, cfg.MaxCells)
 			n.peers[p] = n.htable
 		case ChannelUsrloc:
 			n.usrloc = newUsrloc(n)
@@ -153,9 +176,11 @@ func (n *Node) Run(ctx context.Context) error {
 	tr := &transport{
 		conn:    conn,
 		log:     n.log,
+		rl:      n.rl,
 		metrics: n.metrics,
 		timers:  Timers{T1: n.cfg.T1, T2: n.cfg.T2, Timeout: n.cfg.Timeout},
 		handle:  n.handleRequest,
+		admit:   n.admit,
 		trace:   n.opts.Trace,
 		queue:   make(chan inbound, 4096),
 	}
@@ -168,6 +193,9 @@ func (n *Node) Run(ctx context.Context) error {
 	go func() { tr.tcp.run(runCtx); close(tcpDone) }()
 	trDone := make(chan error, 1)
 	go func() { trDone <- tr.run(runCtx) }()
+	for range notifyWorkers {
+		n.Go(n.notifyWorker)
+	}
 	close(n.ready)
 	n.log.Info("dmq: node started", "seeds", n.cfg.Seeds, "peers", n.cfg.Peers)
 
@@ -240,6 +268,43 @@ func (n *Node) Go(f func(ctx context.Context)) {
 	}()
 }
 
+// notifyWorkers is how many notifications are in flight at most. A node that
+// does not answer holds a worker for Timeout; the others still get theirs.
+const notifyWorkers = 16
+
+// queueNotify asks a worker to notify a. A node already queued is not queued
+// again (its Max-Forwards is raised if need be); a full queue drops the
+// request, counted: the next ping round asks again.
+func (n *Node) queueNotify(a NodeAddr, maxForwards int) {
+	n.notifyMu.Lock()
+	defer n.notifyMu.Unlock()
+	if mf, ok := n.notifyMF[a]; ok {
+		n.notifyMF[a] = max(mf, maxForwards)
+		return
+	}
+	select {
+	case n.notifyQ <- a:
+		n.notifyMF[a] = maxForwards
+	default:
+		n.refuse("notify_queue_full", netip.AddrPort{}, "dmq: notification queue full; dropping a notification", "to", a.String())
+	}
+}
+
+func (n *Node) notifyWorker(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case a := <-n.notifyQ:
+			n.notifyMu.Lock()
+			mf := n.notifyMF[a]
+			delete(n.notifyMF, a)
+			n.notifyMu.Unlock()
+			n.notify(ctx, a, mf)
+		}
+	}
+}
+
 // pingAll notifies every non-local node (any status) with this node's list:
 // Kamailio's ping timer. Seeds that are not active get Max-Forwards 2, a
 // re-join that makes them announce this node to the others.
@@ -249,8 +314,25 @@ func (n *Node) pingAll(join bool) {
 		if join || (o.Seed && o.Status != StatusActive) {
 			mf = 2
 		}
-		n.Go(func(ctx context.Context) { n.notify(ctx, o.Addr, mf) })
+		n.queueNotify(o.Addr, mf)
 	}
+}
+
+// refuse counts refused traffic by reason and logs it at most once a second
+// per reason and source.
+func (n *Node) refuse(reason string, src netip.AddrPort, msg string, args ...any) {
+	n.refuseN(reason, 1, src, msg, args...)
+}
+
+// refuseN is refuse for count items refused at once (lines of one body).
+func (n *Node) refuseN(reason string, count int, src netip.AddrPort, msg string, args ...any) {
+	n.metrics.rejects.With(reason).Add(uint64(count))
+	key := reason
+	if src.IsValid() {
+		key += " " + src.String()
+		args = append(args, "src", src.String())
+	}
+	n.rl.WarnKey(key, msg, append(args, "reason", reason)...)
 }
 
 // notify sends this node's list to a and applies the answer as Kamailio's
@@ -264,21 +346,21 @@ func (n *Node) notify(ctx context.Context, a NodeAddr, maxForwards int) {
 		return
 	}
 	defer n.list.endPing(a)
-	body, err := n.list.Body()
+	bodies, err := n.list.Bodies(maxNodeListBody)
 	if err != nil {
 		n.log.Error("dmq: own node list is invalid; not sending it", "err", err)
 		return
 	}
-	resp, err := n.Send(ctx, a, ChannelNotification, "text/plain", body, maxForwards)
+	resp, err := n.Send(ctx, a, ChannelNotification, "text/plain", bodies[0], maxForwards)
 	switch {
 	case errors.Is(err, ErrTimeout):
 		if c := n.list.timedOut(a, statusAtSend); c != nil {
-			n.nodeChanged(*c)
+			n.nodeChanged(*c, a.String())
 		}
 		return
 	case err != nil:
 		if ctx.Err() == nil {
-			n.log.Warn("dmq: notification failed", "to", a.String(), "err", err)
+			n.rl.WarnKey("notify "+a.String(), "dmq: notification failed", "to", a.String(), "err", err)
 		}
 		return
 	case resp.StatusCode != 200:
@@ -287,32 +369,52 @@ func (n *Node) notify(ctx context.Context, a NodeAddr, maxForwards int) {
 	}
 	c, needSync := n.list.seen(a)
 	if c != nil {
-		n.nodeChanged(*c)
+		n.nodeChanged(*c, a.String())
 	}
 	lines, err := ParseNodeList(resp.Body)
 	if err != nil {
-		n.metrics.rejects.With("bad_node_list").Inc()
-		n.log.Warn("dmq: node list in a 200 refused", "from", a.String(), "err", err)
+		n.refuse("bad_node_list", netip.AddrPort{}, "dmq: node list in a 200 refused", "from", a.String(), "err", err)
 	} else {
-		n.applyLines(lines)
+		n.applyLines(lines, a)
 	}
 	n.joinedOnce.Do(func() { close(n.joined) })
 	if needSync {
 		n.syncWith(a)
 	}
-}
-
-// applyLines merges a validated list and probes nodes heard of for the first
-// time, so that the init sync reaches them once they know this node.
-func (n *Node) applyLines(lines []NodeLine) []NodeChange {
-	changes := n.list.Merge(lines)
-	for _, c := range changes {
-		n.nodeChanged(c)
-		if c.Added && c.New == StatusActive {
-			n.Go(func(ctx context.Context) { n.notify(ctx, c.Addr, 1) })
+	// The rest of a list too long for one datagram: Kamailio merges each
+	// body, so the parts add up. Their answers carry nothing new.
+	for _, body := range bodies[1:] {
+		if _, err := n.Send(ctx, a, ChannelNotification, "text/plain", body, 1); err != nil {
+			return
 		}
 	}
-	return changes
+}
+
+// applyLines merges a validated list that node a answered with, and probes
+// nodes heard of for the first time, so that the init sync reaches them once
+// they know this node.
+func (n *Node) applyLines(lines []NodeLine, a NodeAddr) []NodeChange {
+	r := n.list.MergeFrom(lines, a, true)
+	n.countMerge(r, netip.AddrPort{}, a)
+	for _, c := range r.Changes {
+		n.nodeChanged(c, a.String())
+		if c.Added && c.New == StatusActive {
+			n.queueNotify(c.Addr, 1)
+		}
+	}
+	return r.Changes
+}
+
+// countMerge counts and logs the lines a merge refused.
+func (n *Node) countMerge(r MergeResult, src netip.AddrPort, from NodeAddr) {
+	if r.OverCap > 0 {
+		n.refuseN("max_nodes", r.OverCap, src, "dmq: node list full (dmq.max_nodes); new nodes refused",
+			"from", from.String(), "refused", r.OverCap, "max_nodes", n.cfg.MaxNodes)
+	}
+	if r.Foreign > 0 {
+		n.refuseN("foreign_node_line", r.Foreign, src, "dmq: node list from a sender that is not a node; only its own line applied",
+			"from", from.String(), "ignored", r.Foreign)
+	}
 }
 
 // syncWith asks a for every peer's full data set.
@@ -326,16 +428,19 @@ func (n *Node) syncWith(a NodeAddr) {
 		if body == nil {
 			continue
 		}
+		if ch == ChannelHTable {
+			n.htable.markAsked(a)
+		}
 		n.Go(func(ctx context.Context) {
 			resp, err := n.Send(ctx, a, ch, "application/json", body, 1)
 			if err != nil {
 				if ctx.Err() == nil {
-					n.log.Warn("dmq: sync request failed", "to", a.String(), "channel", ch, "err", err)
+					n.rl.WarnKey("sync "+a.String(), "dmq: sync request failed", "to", a.String(), "channel", ch, "err", err)
 				}
 				return
 			}
 			if resp.StatusCode != 200 {
-				n.log.Warn("dmq: sync request refused", "to", a.String(), "channel", ch, "status", resp.StatusCode)
+				n.rl.WarnKey("sync "+a.String(), "dmq: sync request refused", "to", a.String(), "channel", ch, "status", resp.StatusCode)
 			}
 		})
 	}
@@ -468,34 +573,83 @@ func (n *Node) handleRequest(req *Message, src netip.AddrPort) *Message {
 		r.Headers = append(r.Headers[:len(r.Headers)-1], Header{"Allow", "KDMQ, OPTIONS"}, Header{"Content-Length", ""})
 		return r
 	}
-	u, err := ParseURI(req.RequestURI)
-	if err != nil || u.User == "" {
-		n.metrics.rejects.With("bad_request").Inc()
-		n.log.Warn("dmq: KDMQ with an unusable request URI", "from", src.String(), "uri", truncate(req.RequestURI, 80), "err", err)
-		return req.Reply(400, reasonPhrase(400), n.toTag, "", nil)
-	}
-	r := &Request{Channel: u.User, Body: req.Body, Msg: req}
-	r.ContentType, _ = req.Get("Content-Type")
-	if fu, err := ParseURI(req.FromURI()); err == nil {
-		if a, err := addrFromURI(fu); err == nil {
-			r.From = a
-			info, ok := n.list.Lookup(a)
-			r.Known = ok && !info.Local && info.Status != StatusPending
-		}
+	r, resp := n.request(req, src)
+	if resp != nil {
+		return resp
 	}
 	if r.Channel == ChannelNotification {
 		return n.handleNotification(req, r, src)
 	}
-	p, ok := n.peers[r.Channel]
-	if !ok {
-		n.metrics.rejects.With("unknown_channel").Inc()
-		return req.Reply(404, reasonPhrase(404), n.toTag, "", nil)
-	}
-	code := p.Handle(r)
-	if code >= 300 {
+	code := n.peers[r.Channel].Handle(r)
+	if code == 400 || code == 500 {
 		n.metrics.rejects.With("bad_body").Inc()
 	}
 	return req.Reply(code, reasonPhrase(code), n.toTag, "", nil)
+}
+
+// admit refuses, on the reader, the KDMQ requests the worker would refuse
+// without looking at their body: unknown channels and strangers.
+func (n *Node) admit(req *Message, src netip.AddrPort) *Message {
+	if req.Method != MethodKDMQ {
+		return nil
+	}
+	r, resp := n.request(req, src)
+	if resp != nil || r.Channel == ChannelNotification {
+		return resp
+	}
+	return nil
+}
+
+// request reads a KDMQ request's channel and sender; a non-nil answer
+// refuses it (bad URI, unknown channel, or a peer channel from an address
+// that is not a node).
+func (n *Node) request(req *Message, src netip.AddrPort) (*Request, *Message) {
+	u, err := ParseURI(req.RequestURI)
+	if err != nil || u.User == "" {
+		n.refuse("bad_request", src, "dmq: KDMQ with an unusable request URI", "uri", req.RequestURI, "err", err)
+		return nil, req.Reply(400, reasonPhrase(400), n.toTag, "", nil)
+	}
+	r := &Request{Channel: u.User, Body: req.Body, Msg: req, Src: src}
+	r.ContentType, _ = req.Get("Content-Type")
+	if fu, err := ParseURI(req.FromURI()); err == nil {
+		if a, err := addrFromURI(fu); err == nil {
+			r.From = a
+			r.Verified = fromSource(a, src)
+			info, ok := n.list.Lookup(a)
+			r.Listed = r.Verified && ok && !info.Local
+			r.Known = r.Listed && info.Status != StatusPending
+		}
+	}
+	if r.Channel == ChannelNotification {
+		return r, nil
+	}
+	if _, ok := n.peers[r.Channel]; !ok {
+		n.metrics.rejects.With("unknown_channel").Inc()
+		return nil, req.Reply(404, reasonPhrase(404), n.toTag, "", nil)
+	}
+	if !r.Known {
+		// Kamailio scripts guard these channels with dmq_is_from_node(); a
+		// stranger must not fill the mirror or fire events into the routes.
+		n.refuse("not_from_node", src, "dmq: KDMQ from an address that is not a node; refused",
+			"channel", r.Channel, "from", r.From.String())
+		return nil, req.Reply(403, reasonPhrase(403), n.toTag, "", nil)
+	}
+	return r, nil
+}
+
+// fromSource reports whether a packet from src can be node a's: Kamailio
+// sends KDMQ from the socket of its server_address (dmq_server_socket), so
+// over UDP the source is exactly the node's address; over TCP the port is
+// an ephemeral one and only the IP is checked (as dmq_is_from_node does).
+func fromSource(a NodeAddr, src netip.AddrPort) bool {
+	ap, err := a.udpAddr()
+	if err != nil || !src.IsValid() {
+		return false
+	}
+	if a.Transport == "tcp" {
+		return ap.Addr() == src.Addr()
+	}
+	return ap == src
 }
 
 // handleNotification is dmq_notification_callback with validation added: a
@@ -504,28 +658,38 @@ func (n *Node) handleRequest(req *Message, src netip.AddrPort) *Message {
 func (n *Node) handleNotification(req *Message, r *Request, src netip.AddrPort) *Message {
 	lines, err := ParseNodeList(req.Body)
 	if err != nil {
-		n.metrics.rejects.With("bad_node_list").Inc()
-		n.log.Warn("dmq: node list refused", "from", src.String(), "err", err)
+		n.refuse("bad_node_list", src, "dmq: node list refused", "err", err)
 		return req.Reply(400, "Bad Node List", n.toTag, "", nil)
 	}
-	changes := n.list.Merge(lines)
-	for _, c := range changes {
-		n.nodeChanged(c)
+	if !r.Verified && len(lines) > 0 {
+		// The From names a node this packet cannot come from: whoever sent
+		// it must not speak for that node (nor for any other).
+		n.refuse("not_from_node", src, "dmq: node list whose From is not its source; refused", "from", r.From.String())
+		return req.Reply(403, reasonPhrase(403), n.toTag, "", nil)
 	}
-	mf := req.MaxForwards(1)
-	if len(changes) > 0 && mf-1 > 0 {
+	// A seed that has not answered yet is pending but configured, hence
+	// trusted: its list may name nodes (as dmq_is_from_node, any status).
+	res := n.list.MergeFrom(lines, r.From, r.Listed)
+	n.countMerge(res, src, r.From)
+	for _, c := range res.Changes {
+		n.nodeChanged(c, r.From.String())
+	}
+	// Kamailio caps Max-Forwards at what it sends (2 on a join); a larger
+	// one would only make this node relay more.
+	mf := min(req.MaxForwards(1), 2)
+	if len(res.Changes) > 0 && mf-1 > 0 {
 		// The sender asked us to spread the news (a join): tell every active node.
 		for _, o := range n.list.Others(true) {
-			n.Go(func(ctx context.Context) { n.notify(ctx, o.Addr, mf-1) })
+			n.queueNotify(o.Addr, mf-1)
 		}
 	} else {
-		for _, c := range changes {
+		for _, c := range res.Changes {
 			if c.Added && c.New == StatusActive && c.Addr != r.From {
-				n.Go(func(ctx context.Context) { n.notify(ctx, c.Addr, 1) })
+				n.queueNotify(c.Addr, 1)
 			}
 		}
 	}
-	if n.list.requestFrom(r.From) {
+	if r.Verified && n.list.requestFrom(r.From) {
 		n.joinedOnce.Do(func() { close(n.joined) })
 		n.syncWith(r.From)
 	}
@@ -537,13 +701,16 @@ func (n *Node) handleNotification(req *Message, r *Request, src netip.AddrPort) 
 	return req.Reply(200, "OK", n.toTag, "text/plain", body)
 }
 
-func (n *Node) nodeChanged(c NodeChange) {
+// nodeChanged reports a status change that source (who told us) caused. The
+// log line is rate-limited per source: a list of a thousand new nodes is one
+// line and a count, the events carry every change.
+func (n *Node) nodeChanged(c NodeChange, source string) {
 	n.updateNodeGauge()
 	status := c.New.String()
 	if c.Removed {
 		status = "removed"
 	}
-	n.log.Info("dmq: node status", "node", c.Addr.String(), "old", c.Old.String(), "status", status)
+	n.rl.InfoKey("node_status "+source, "dmq: node status", "node", c.Addr.String(), "old", c.Old.String(), "status", status, "told_by", source)
 	n.emit("E_DMQ_NODE", jsonObject(
 		"node", c.Addr.String(),
 		"status", status,

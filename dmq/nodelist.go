@@ -132,6 +132,11 @@ func ParseNodeLine(line string) (NodeLine, error) {
 	if line == "" {
 		return NodeLine{}, fmt.Errorf("empty node line")
 	}
+	if len(line) > maxNodeLineLen {
+		// Kamailio keeps node URIs in 255 bytes (MAXDMQURILEN); a longer
+		// line is no node's, and bounding it bounds every body we build.
+		return NodeLine{}, fmt.Errorf("node line %q: %d bytes, more than %d", truncate(line, 60), len(line), maxNodeLineLen)
+	}
 	u, err := ParseURI(line)
 	if err != nil {
 		return NodeLine{}, err
@@ -153,6 +158,14 @@ func ParseNodeLine(line string) (NodeLine, error) {
 	}
 	return nl, nil
 }
+
+// maxNodeLineLen is the longest node-list line accepted or sent.
+const maxNodeLineLen = 255
+
+// maxNodeListBody is the most body one notification carries: with the SIP
+// headers it stays under the 65,507 bytes of a UDP datagram (the size
+// Kamailio cuts htable sync answers at, too).
+const maxNodeListBody = 60000
 
 // ParseNodeList parses a notification body. It is all or nothing: one bad
 // line rejects the body, because half a list applied is a list that lies.
@@ -230,6 +243,24 @@ type NodeList struct {
 	local Status
 	nodes []*nodeEntry
 	now   func() time.Time
+	max   int // nodes besides self; 0: no limit
+}
+
+// SetMax caps the number of nodes besides self; additions beyond it are
+// refused (seeds are always kept).
+func (l *NodeList) SetMax(n int) {
+	l.mu.Lock()
+	l.max = n
+	l.mu.Unlock()
+}
+
+func (l *NodeList) fullLocked() bool { return l.max > 0 && len(l.nodes) >= l.max }
+
+// Len is the number of nodes besides self.
+func (l *NodeList) Len() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.nodes)
 }
 
 // NewNodeList returns a list holding only self, active.
@@ -260,32 +291,64 @@ func (l *NodeList) AddSeed(a NodeAddr) {
 	l.nodes = append([]*nodeEntry{{NodeInfo: NodeInfo{Addr: a, Status: StatusPending, Seed: true, Changed: l.now()}}}, l.nodes...)
 }
 
-// Merge applies received lines with extract_node_list's rules: an unknown
-// node is added with the line's status; a known one takes the line's status
-// unless the line has none or the node is disabled (a disabled node comes
-// back only by answering a ping). Self is never changed.
+// Merge applies received lines with extract_node_list's rules, trusting
+// every line: an unknown node is added with the line's status (while the
+// list has room); a known one takes the line's status unless the line has
+// none or the node is disabled (a disabled node comes back only by answering
+// a ping). Self is never changed.
 func (l *NodeList) Merge(lines []NodeLine) []NodeChange {
+	return l.merge(lines, func(NodeAddr) bool { return true }, true).Changes
+}
+
+// MergeResult is what MergeFrom did with a body.
+type MergeResult struct {
+	Changes []NodeChange
+	Foreign int // lines about other nodes from a sender that is not a node here
+	OverCap int // lines that would have added a node beyond the cap
+}
+
+// MergeFrom applies a body received from sender, whose address has been
+// checked against the packet's source. Only the sender's own line may
+// change a known node's status (a node speaks for itself: a stranger must
+// not disable or revive another node); lines about other nodes may only add
+// nodes unknown here, and only when the sender is a node of this list
+// (member), as Kamailio's dmq_is_from_node would admit it. Anything else is
+// ignored and counted.
+func (l *NodeList) MergeFrom(lines []NodeLine, sender NodeAddr, member bool) MergeResult {
+	return l.merge(lines, func(a NodeAddr) bool { return a == sender }, member)
+}
+
+func (l *NodeList) merge(lines []NodeLine, speaksFor func(NodeAddr) bool, member bool) MergeResult {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	var changes []NodeChange
+	var r MergeResult
 	now := l.now()
 	for _, nl := range lines {
 		if nl.Addr == l.self {
 			continue
 		}
+		own := speaksFor(nl.Addr)
+		if !own && !member {
+			r.Foreign++
+			continue
+		}
 		n := l.find(nl.Addr)
 		if n == nil {
+			if l.fullLocked() {
+				r.OverCap++
+				continue
+			}
 			n = &nodeEntry{NodeInfo: NodeInfo{Addr: nl.Addr, Status: nl.Status, Changed: now}}
 			l.nodes = append([]*nodeEntry{n}, l.nodes...)
-			changes = append(changes, NodeChange{Addr: nl.Addr, Old: StatusPending, New: nl.Status, Added: true})
+			r.Changes = append(r.Changes, NodeChange{Addr: nl.Addr, Old: StatusPending, New: nl.Status, Added: true})
 			continue
 		}
-		if !nl.HasStatus || n.Status == nl.Status || n.Status == StatusDisabled {
+		if !own || !nl.HasStatus || n.Status == nl.Status || n.Status == StatusDisabled {
 			continue
 		}
-		changes = append(changes, l.setLocked(n, nl.Status, now))
+		r.Changes = append(r.Changes, l.setLocked(n, nl.Status, now))
 	}
-	return changes
+	return r
 }
 
 func (l *NodeList) setLocked(n *nodeEntry, s Status, now time.Time) NodeChange {
@@ -310,6 +373,9 @@ func (l *NodeList) seen(a NodeAddr) (*NodeChange, bool) {
 	n := l.find(a)
 	var c *NodeChange
 	if n == nil {
+		if l.fullLocked() {
+			return nil, false
+		}
 		n = &nodeEntry{NodeInfo: NodeInfo{Addr: a, Status: StatusActive, Changed: now}}
 		l.nodes = append([]*nodeEntry{n}, l.nodes...)
 		c = &NodeChange{Addr: a, Old: StatusPending, New: StatusActive, Added: true}
@@ -398,17 +464,52 @@ func (l *NodeList) setLocal(s Status) {
 	l.local = s
 }
 
-// Body is the list this node announces: itself and the active nodes.
+// Body is the list this node announces, itself and the active nodes, cut
+// to what fits one datagram (the first of Bodies).
 func (l *NodeList) Body() ([]byte, error) {
+	bodies, err := l.Bodies(maxNodeListBody)
+	if err != nil {
+		return nil, err
+	}
+	return bodies[0], nil
+}
+
+// Bodies is the list this node announces split into bodies of at most limit
+// bytes, each starting with this node's own line. Kamailio merges every
+// notification into its list, so several bodies add up to the whole list;
+// none is ever too large for a datagram (a 64 KB body fails every send with
+// EMSGSIZE, and with it every ping).
+func (l *NodeList) Bodies(limit int) ([][]byte, error) {
 	l.mu.Lock()
-	lines := []NodeLine{{Addr: l.self, Status: l.local, HasStatus: true}}
+	selfLine := NodeLine{Addr: l.self, Status: l.local, HasStatus: true}
+	var others []NodeLine
 	for _, n := range l.nodes {
 		if n.Status == StatusActive {
-			lines = append(lines, NodeLine{Addr: n.Addr, Status: StatusActive, HasStatus: true})
+			others = append(others, NodeLine{Addr: n.Addr, Status: StatusActive, HasStatus: true})
 		}
 	}
 	l.mu.Unlock()
-	return FormatNodeList(lines)
+	head, err := FormatNodeList([]NodeLine{selfLine})
+	if err != nil {
+		return nil, err
+	}
+	var out [][]byte
+	body := append([]byte(nil), head...)
+	for _, o := range others {
+		line, err := FormatNodeList([]NodeLine{o})
+		if err != nil {
+			return nil, err
+		}
+		if len(line)+len(head) > limit {
+			continue // cannot be sent in any body; ParseNodeLine keeps such lines out
+		}
+		if len(body)+len(line) > limit {
+			out = append(out, body)
+			body = append([]byte(nil), head...)
+		}
+		body = append(body, line...)
+	}
+	return append(out, body), nil
 }
 
 // Snapshot returns every node, self first.

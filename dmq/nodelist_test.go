@@ -2,6 +2,7 @@ package dmq
 
 import (
 	"bytes"
+	"net/netip"
 	"strings"
 	"testing"
 )
@@ -233,6 +234,72 @@ func FuzzParseNodeList(f *testing.F) {
 		l.Merge(lines)
 		if _, err := l.Body(); err != nil {
 			t.Fatalf("list body after merging %q: %v", body, err)
+		}
+	})
+}
+
+// A list longer than one datagram goes out in several bodies, each with
+// this node's line first and none over the limit, together holding every
+// active node once.
+func TestNodeListBodiesSplit(t *testing.T) {
+	self := addr(t, "sip:127.0.0.1:5090")
+	l := NewNodeList(self)
+	l.Merge(lines(t, nodeLines(1000, 0)))
+	bodies, err := l.Bodies(4000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := map[NodeAddr]bool{}
+	for i, b := range bodies {
+		if len(b) > 4000 {
+			t.Errorf("body %d: %d bytes", i, len(b))
+		}
+		ls, err := ParseNodeList(b)
+		if err != nil || ls[0].Addr != self {
+			t.Fatalf("body %d: %v, first line %+v", i, err, ls[0])
+		}
+		for _, x := range ls[1:] {
+			if seen[x.Addr] {
+				t.Errorf("%s twice", x.Addr)
+			}
+			seen[x.Addr] = true
+		}
+	}
+	if len(seen) != 1000 {
+		t.Errorf("%d nodes in the bodies, want 1000", len(seen))
+	}
+	if b, _ := l.Body(); len(b) > maxNodeListBody {
+		t.Errorf("Body is %d bytes", len(b))
+	}
+}
+
+// FuzzNotificationBody runs a notification body through the node as it
+// comes from a stranger and from a node: never more than max_nodes, and
+// the answer always fits a datagram.
+func FuzzNotificationBody(f *testing.F) {
+	bodiesOf(f, ChannelNotification)
+	f.Add([]byte(nodeLines(1000, 0)))
+	n := idleNode(f)
+	n.cfg.MaxNodes = 8
+	n.list.SetMax(8)
+	f.Fuzz(func(t *testing.T, body []byte) {
+		for _, from := range []string{"sip:127.0.0.9:5060", "sip:127.0.0.2:5060"} {
+			raw := kdmqFrom(ChannelNotification, "sip:127.0.0.1:5090", from, string(body))
+			m, err := ParseMessage([]byte(strings.ReplaceAll(raw, "LOCALPORT", "5060")))
+			if err != nil {
+				return
+			}
+			src := netip.MustParseAddrPort(strings.TrimPrefix(from, "sip:"))
+			resp := n.handleRequest(m, src)
+			if resp == nil {
+				t.Fatal("no answer")
+			}
+			if b := resp.Bytes(); len(b) > 65507 {
+				t.Fatalf("answer of %d bytes", len(b))
+			}
+			if l := n.list.Len(); l > 8 {
+				t.Fatalf("%d nodes, max_nodes 8", l)
+			}
 		}
 	})
 }

@@ -29,6 +29,9 @@ func bodiesOf(f *testing.F, channel string) {
 	}
 }
 
+// kam is the Kamailio node the bodies come from.
+var kam = NodeAddr{Host: "127.0.0.2", Port: 5060}
+
 func TestPeerAnswers(t *testing.T) {
 	n := idleNode(t)
 	tests := []struct {
@@ -69,8 +72,9 @@ func TestPeerAnswers(t *testing.T) {
 		{n.Dialogs(), `{"action":4}`, 200},
 		{n.Dialogs(), `{]`, 400},
 	}
+	n.HTable().markAsked(kam)
 	for _, tc := range tests {
-		if got := tc.peer.Handle(&Request{Channel: tc.peer.Channel(), Body: []byte(tc.body)}); got != tc.want {
+		if got := tc.peer.Handle(&Request{Channel: tc.peer.Channel(), Body: []byte(tc.body), From: kam, Known: true}); got != tc.want {
 			t.Errorf("%s %s: %d, want %d", tc.peer.Channel(), tc.body, got, tc.want)
 		}
 	}
@@ -92,7 +96,8 @@ func FuzzHTableBody(f *testing.F) {
 	bodiesOf(f, ChannelHTable)
 	n := idleNode(f)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		code := n.HTable().Handle(&Request{Channel: ChannelHTable, Body: body})
+		n.HTable().markAsked(kam)
+		code := n.HTable().Handle(&Request{Channel: ChannelHTable, Body: body, From: kam, Known: true})
 		if code != 200 && code != 400 && code != 500 {
 			t.Fatalf("htable answered %d", code)
 		}
@@ -103,7 +108,7 @@ func FuzzUsrlocBody(f *testing.F) {
 	bodiesOf(f, ChannelUsrloc)
 	n := idleNode(f)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		code := n.Usrloc().Handle(&Request{Channel: ChannelUsrloc, Body: body})
+		code := n.Usrloc().Handle(&Request{Channel: ChannelUsrloc, Body: body, From: kam, Known: true})
 		if code != 200 && code != 400 {
 			t.Fatalf("usrloc answered %d", code)
 		}
@@ -115,7 +120,7 @@ func FuzzDialogBody(f *testing.F) {
 	bodiesOf(f, ChannelDialog)
 	n := idleNode(f)
 	f.Fuzz(func(t *testing.T, body []byte) {
-		code := n.Dialogs().Handle(&Request{Channel: ChannelDialog, Body: body})
+		code := n.Dialogs().Handle(&Request{Channel: ChannelDialog, Body: body, From: kam, Known: true})
 		if code != 200 && code != 400 && code != 500 {
 			t.Fatalf("dialog answered %d", code)
 		}

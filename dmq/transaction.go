@@ -115,7 +115,7 @@ func (t *transport) roundTripOn(ctx context.Context, dst netip.AddrPort, stream 
 		case <-retrans.C:
 			t.metrics.retransmissions.With(channel).Inc()
 			if err := t.send(dst, raw, channel, false); err != nil {
-				t.log.Warn("dmq: retransmission failed", "to", dst.String(), "channel", channel, "err", err)
+				t.rl.WarnKey("retransmit "+dst.String(), "dmq: retransmission failed", "to", dst.String(), "channel", channel, "err", err)
 			}
 			if proceeding {
 				interval = t.timers.T2

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sipside/sipside/internal/metrics"
+	"github.com/sipside/sipside/internal/ratelog"
 )
 
 func startTransport(t *testing.T, timers Timers, h handlerFunc) (*transport, netip.AddrPort) {
@@ -24,6 +25,7 @@ func startTransport(t *testing.T, timers Timers, h handlerFunc) (*transport, net
 	tr := &transport{
 		conn:    conn,
 		log:     slog.New(slog.NewTextHandler(io.Discard, nil)),
+		rl:      ratelog.New(nil, time.Second),
 		metrics: newNodeMetrics(metrics.New()),
 		timers:  timers,
 		handle:  h,

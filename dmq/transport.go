@@ -10,8 +10,9 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
+
+	"github.com/sipside/sipside/internal/ratelog"
 )
 
 // handlerFunc answers one request. It runs on the transport's single worker,
@@ -35,20 +36,22 @@ type replier func(raw []byte) error
 type transport struct {
 	conn    *net.UDPConn
 	log     *slog.Logger
+	rl      *ratelog.Logger
 	metrics *nodeMetrics
 	timers  Timers
 	handle  handlerFunc
-	trace   func(in bool, peer netip.AddrPort, m *Message)
+	// admit, when set, runs on the reader before a request is queued; a
+	// non-nil answer is sent at once and the request goes no further.
+	// Refusing strangers there keeps a flood out of the queue and the
+	// transaction table, which would otherwise hold it for Timer J.
+	admit handlerFunc
+	trace func(in bool, peer netip.AddrPort, m *Message)
 
 	tcp *tcpTransport // nil: UDP only
 
 	clients clientTxs
 	servers serverTxs
 	queue   chan inbound
-
-	dropMu   sync.Mutex
-	dropLast time.Time
-	dropped  atomic.Int64
 }
 
 func listenUDP(addr NodeAddr) (*net.UDPConn, error) {
@@ -145,6 +148,12 @@ func (t *transport) receive(ctx context.Context, data []byte, src netip.AddrPort
 		t.reply(rep, src, m.Reply(400, "Bad Request", newTag(), "", nil), channelOf(m), nil)
 		return
 	}
+	if t.admit != nil {
+		if resp := t.admit(m, src); resp != nil {
+			t.reply(rep, src, resp, channelOf(m), nil)
+			return
+		}
+	}
 	key := serverKey(m)
 	now := time.Now()
 	if tx, isNew := t.servers.begin(key, now, t.timers.Timeout); !isNew {
@@ -188,7 +197,7 @@ func (t *transport) reply(rep replier, peer netip.AddrPort, resp *Message, chann
 		before(raw)
 	}
 	if err := rep(raw); err != nil {
-		t.log.Warn("dmq: sending reply failed", "to", peer.String(), "status", resp.StatusCode, "err", err)
+		t.rl.WarnKey("reply "+peer.String(), "dmq: sending reply failed", "to", peer.String(), "status", resp.StatusCode, "err", err)
 	}
 	t.metrics.messages.With("out", channel, "response").Inc()
 	return raw
@@ -204,19 +213,11 @@ func (t *transport) send(dst netip.AddrPort, raw []byte, channel string, count b
 	return nil
 }
 
-// drop counts refused traffic and logs it, at most once a second, so that a
-// flood of garbage cannot flood the log too.
+// drop counts refused traffic and logs it at most once a second per reason
+// and source, so that a flood of garbage cannot flood the log too.
 func (t *transport) drop(reason string, src netip.AddrPort, err error) {
 	t.metrics.rejects.With(reason).Inc()
-	n := t.dropped.Add(1)
-	t.dropMu.Lock()
-	defer t.dropMu.Unlock()
-	if time.Since(t.dropLast) < time.Second {
-		return
-	}
-	t.dropLast = time.Now()
-	t.dropped.Store(0)
-	t.log.Warn("dmq: refused message", "reason", reason, "from", src.String(), "err", err, "refused_since_last_log", n)
+	t.rl.WarnKey(reason+" "+src.String(), "dmq: refused message", "reason", reason, "from", src.String(), "err", err)
 }
 
 // replyAddr is where the sl module would answer: the topmost Via's sent-by

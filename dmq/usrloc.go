@@ -68,7 +68,7 @@ func (u *Usrloc) Handle(r *Request) int {
 	var p fastjson.Parser
 	v, err := p.ParseBytes(r.Body)
 	if err != nil || v.Type() != fastjson.TypeObject {
-		u.node.log.Warn("dmq: usrloc body is not a JSON object", "from", r.From.String(), "err", err)
+		u.node.rl.WarnKey("usrloc_json "+r.Src.String(), "dmq: usrloc body is not a JSON object", "from", r.From.String(), "err", err)
 		return 400
 	}
 	if multi := v.Get("multi"); multi != nil {
@@ -101,7 +101,7 @@ func (u *Usrloc) applyOne(v *fastjson.Value, from NodeAddr) int {
 	}
 	c := contactFromJSON(v)
 	if c.AoR == "" || c.RUID == "" {
-		u.node.log.Warn("dmq: usrloc message without aor or ruid", "from", from.String())
+		u.node.rl.WarnKey("usrloc_aor "+from.String(), "dmq: usrloc message without aor or ruid", "from", from.String())
 		return 400
 	}
 	raw := v.MarshalTo(nil)

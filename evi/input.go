@@ -36,7 +36,7 @@ func OpenInput(l Listen, ic InputConfig, d Deps, m *Metrics) (Input, error) {
 	case "udp", "unix":
 		return openDatagramInput(l, base)
 	case "tcp":
-		return openStreamInput(l, ic.withDefaults(), base, log)
+		return openStreamInput(l, ic.withDefaults(), base, log, m)
 	case "stdin":
 		if d.Stdin == nil {
 			return nil, fmt.Errorf("input %s: this command has no stdin to read", l)

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/sipside/sipside/internal/metrics"
 )
 
 // streamInput is what OpenSIPS's event_stream connects to: a TCP listener
@@ -22,21 +24,39 @@ type streamInput struct {
 	ln           net.Listener
 	replyTimeout time.Duration
 	maxFrame     int
+	idleTimeout  time.Duration // 0: none
 	log          *slog.Logger
+
+	slots      chan struct{} // one per open connection: max_conns
+	overLimit  *metrics.Counter
+	idleClosed *metrics.Counter
+	acceptErrs *metrics.Counter
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
 	wg    sync.WaitGroup
 }
 
-func openStreamInput(l Listen, ic InputConfig, base inputBase, log *slog.Logger) (*streamInput, error) {
+func openStreamInput(l Listen, ic InputConfig, base inputBase, log *slog.Logger, m *Metrics) (*streamInput, error) {
 	ln, err := net.Listen("tcp", l.Addr)
 	if err != nil {
 		return nil, fmt.Errorf("input %s: %w (is another process bound there?)", l, err)
 	}
 	return &streamInput{inputBase: base, ln: ln, replyTimeout: time.Duration(ic.ReplyTimeout),
-		maxFrame: ic.MaxFrame, log: log.With("input", l.String()), conns: map[net.Conn]struct{}{}}, nil
+		maxFrame: ic.MaxFrame, idleTimeout: time.Duration(ic.IdleTimeout),
+		log: log.With("input", l.String()), conns: map[net.Conn]struct{}{},
+		slots:      make(chan struct{}, ic.MaxConns),
+		overLimit:  m.ConnsClosed.With(l.String(), "max_conns"),
+		idleClosed: m.ConnsClosed.With(l.String(), "idle_timeout"),
+		acceptErrs: m.AcceptErrs.With(l.String()),
+	}, nil
 }
+
+// Accept backoff bounds, as net/http's Server uses.
+const (
+	acceptRetryMin = 5 * time.Millisecond
+	acceptRetryMax = time.Second
+)
 
 // Addr is the bound address.
 func (in *streamInput) Addr() net.Addr { return in.ln.Addr() }
@@ -45,17 +65,35 @@ func (in *streamInput) Run(ctx context.Context, sink Sink) error {
 	stop := context.AfterFunc(ctx, func() { in.ln.Close() })
 	defer stop()
 	defer in.closeConns()
+	var delay time.Duration
 	for {
 		c, err := in.ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			// EMFILE, ENFILE, ENOBUFS: the listener is fine, the process
+			// is short of something that comes back as connections close.
+			// Back off and retry, as net/http does; returning would leave
+			// the socket bound and its backlog unanswered until a restart.
+			delay = min(max(2*delay, acceptRetryMin), acceptRetryMax)
+			in.acceptErrs.Inc()
+			in.bad.Warn("accept failed; retrying (raise the open-files limit or lower max_conns)", "error", err, "retry_in", delay)
+			select {
+			case <-time.After(delay):
+			case <-ctx.Done():
+				return nil
 			}
-			return fmt.Errorf("input %s: accept: %w", in.name, err)
+			continue
+		}
+		delay = 0
+		select {
+		case in.slots <- struct{}{}:
+		default:
+			in.overLimit.Inc()
+			in.bad.Warn("connection refused: max_conns connections are open", "peer", c.RemoteAddr().String(), "max_conns", cap(in.slots))
+			c.Close()
+			continue
 		}
 		in.mu.Lock()
 		in.conns[c] = struct{}{}
@@ -63,6 +101,7 @@ func (in *streamInput) Run(ctx context.Context, sink Sink) error {
 		in.wg.Add(1)
 		go func() {
 			defer in.wg.Done()
+			defer func() { <-in.slots }()
 			in.serve(c, sink)
 			in.mu.Lock()
 			delete(in.conns, c)
@@ -114,6 +153,9 @@ func (in *streamInput) serve(c net.Conn, sink Sink) {
 	buf := make([]byte, 0, 64<<10)
 	rd := make([]byte, 64<<10)
 	for {
+		if in.idleTimeout > 0 {
+			_ = c.SetReadDeadline(time.Now().Add(in.idleTimeout))
+		}
 		n, err := c.Read(rd)
 		buf = append(buf, rd[:n]...)
 		off := 0
@@ -142,6 +184,11 @@ func (in *streamInput) serve(c net.Conn, sink Sink) {
 			return
 		}
 		if err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() && len(buf) == 0 {
+				in.idleClosed.Inc()
+				in.log.Debug("event_stream connection idle; closing it", "peer", peer, "idle_timeout", in.idleTimeout)
+				return
+			}
 			if len(buf) > 0 {
 				in.reject(fmt.Errorf("from %s: connection closed in the middle of an event (%d bytes): %w", peer, len(buf), err), len(buf))
 			} else if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {

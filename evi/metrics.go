@@ -14,6 +14,8 @@ type Metrics struct {
 	Latency     *metrics.HistogramVec // route
 	QueueDepth  *metrics.GaugeVec     // route
 	QueueLimit  *metrics.GaugeVec     // route
+	ConnsClosed *metrics.CounterVec   // input, reason: stream connections refused or closed by a limit
+	AcceptErrs  *metrics.CounterVec   // input: accept errors a stream input backed off from
 }
 
 // NewMetrics registers the pipeline's metrics on r.
@@ -28,5 +30,9 @@ func NewMetrics(r *metrics.Registry) *Metrics {
 		Latency:     r.Histogram("sipside_delivery_seconds", "Time from receipt to the route's final outcome.", nil, "route"),
 		QueueDepth:  r.Gauge("sipside_route_queue_events", "Events waiting in a route's queue.", "route"),
 		QueueLimit:  r.Gauge("sipside_route_queue_limit_events", "The route's queue setting: events it may hold before it refuses more.", "route"),
+		ConnsClosed: r.Counter("sipside_input_connections_closed_total",
+			"Stream input connections refused (max_conns) or closed (idle_timeout) by a limit.", "input", "reason"),
+		AcceptErrs: r.Counter("sipside_input_accept_errors_total",
+			"Failed accepts of a stream input (EMFILE, ENFILE, …); it backs off and retries.", "input"),
 	}
 }

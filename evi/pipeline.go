@@ -21,11 +21,21 @@ type InputConfig struct {
 	ReplyTimeout Duration `toml:"reply_timeout"`
 	// MaxFrame is the largest event a stream input takes, in bytes.
 	MaxFrame int `toml:"max_frame"`
+	// MaxConns caps a stream input's open connections; more are closed at
+	// once. OpenSIPS opens one per process that raises events.
+	MaxConns int `toml:"max_conns"`
+	// IdleTimeout closes a stream connection that sent nothing for this
+	// long, so that dead peers do not hold descriptors forever.
+	IdleTimeout Duration `toml:"idle_timeout"`
 }
 
 const (
 	defaultReplyTimeout = 900 * time.Millisecond
 	defaultMaxFrame     = 1 << 20
+	defaultMaxConns     = 256
+	// defaultIdleTimeout is long: OpenSIPS keeps a connection between events,
+	// and a closed one costs the next event in notification mode.
+	defaultIdleTimeout = time.Hour
 )
 
 func (ic InputConfig) withDefaults() InputConfig {
@@ -34,6 +44,12 @@ func (ic InputConfig) withDefaults() InputConfig {
 	}
 	if ic.MaxFrame == 0 {
 		ic.MaxFrame = defaultMaxFrame
+	}
+	if ic.MaxConns == 0 {
+		ic.MaxConns = defaultMaxConns
+	}
+	if ic.IdleTimeout == 0 {
+		ic.IdleTimeout = Duration(defaultIdleTimeout)
 	}
 	return ic
 }
@@ -55,6 +71,12 @@ func (c Config) Validate() error {
 		}
 		if in.ReplyTimeout < 0 || in.MaxFrame < 0 {
 			return fmt.Errorf("input[%d]: reply_timeout and max_frame must not be negative", i)
+		}
+		if in.MaxConns < 0 {
+			return fmt.Errorf("input[%d].max_conns %d: use a positive number of connections (default %d)", i, in.MaxConns, defaultMaxConns)
+		}
+		if in.IdleTimeout < 0 || (in.IdleTimeout > 0 && time.Duration(in.IdleTimeout) < time.Second) {
+			return fmt.Errorf("input[%d].idle_timeout %v: use at least 1s (default %v)", i, time.Duration(in.IdleTimeout), defaultIdleTimeout)
 		}
 		if seen[l.String()] {
 			return fmt.Errorf("input[%d].listen: %q is listed twice", i, in.Listen)

@@ -33,7 +33,13 @@ type daemonProc struct {
 
 func startDaemon(t *testing.T, args ...string) *daemonProc {
 	t.Helper()
-	cmd := exec.Command(sipsideBinary(t), append([]string{"run"}, args...)...)
+	return startDaemonCmd(t, exec.Command(sipsideBinary(t), append([]string{"run"}, args...)...))
+}
+
+// startDaemonCmd runs cmd, a `sipside run` possibly wrapped (in a shell that
+// lowers a limit first), as a daemonProc.
+func startDaemonCmd(t *testing.T, cmd *exec.Cmd) *daemonProc {
+	t.Helper()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

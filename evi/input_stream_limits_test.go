@@ -1,0 +1,50 @@
+package evi
+
+import (
+	"io"
+	"testing"
+	"time"
+)
+
+// Connections beyond max_conns are closed at once and counted; a freed slot
+// is taken by the next connection, which delivers as usual.
+func TestStreamInputMaxConns(t *testing.T) {
+	f := newStreamFixture(t, "test:stream-maxconns", InputConfig{MaxConns: 2, ReplyTimeout: Duration(time.Second)})
+	a, b := f.dial(t), f.dial(t)
+	// Each held connection has its slot once it answered an event.
+	for i, c := range []interface {
+		Write([]byte) (int, error)
+	}{a, b} {
+		c.Write([]byte(`{"id":` + string(rune('1'+i)) + `,"jsonrpc":"2.0","method":"E_X"}`))
+	}
+	readReplies(t, a, 1)
+	readReplies(t, b, 1)
+	over := f.dial(t)
+	over.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := over.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("third connection: read %v, want EOF (closed by max_conns)", err)
+	}
+	closed := f.m.ConnsClosed.With(f.in.name, "max_conns")
+	checkFor(t, 5*time.Second, "max_conns refusal counted", func() bool { return closed.Value() == 1 })
+	a.Close()
+	checkFor(t, 5*time.Second, "a slot freed", func() bool { return len(f.in.slots) == 1 })
+	c := f.dial(t)
+	c.Write([]byte(`{"id":9,"jsonrpc":"2.0","method":"E_X"}`))
+	if got := readReplies(t, c, 1); got[0] != `{"jsonrpc":"2.0","result":"OK","id":9}` {
+		t.Errorf("reply on the freed slot = %s", got[0])
+	}
+}
+
+// A connection that sends nothing for idle_timeout is closed and counted, and
+// its slot comes back.
+func TestStreamInputIdleTimeout(t *testing.T) {
+	f := newStreamFixture(t, "test:stream-idle", InputConfig{MaxConns: 1, IdleTimeout: Duration(200 * time.Millisecond)})
+	c := f.dial(t)
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("idle connection: read %v, want EOF", err)
+	}
+	idle := f.m.ConnsClosed.With(f.in.name, "idle_timeout")
+	checkFor(t, 5*time.Second, "idle close counted", func() bool { return idle.Value() == 1 })
+	checkFor(t, 5*time.Second, "slot freed", func() bool { return len(f.in.slots) == 0 })
+}
