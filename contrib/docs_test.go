@@ -149,3 +149,33 @@ func TestReadmeQuickstart(t *testing.T) {
 		}
 	}
 }
+
+// The README's example of a bad config gets exactly the errors the README
+// shows after it.
+func TestReadmeConfigErrors(t *testing.T) {
+	var bad, shown string
+	fs := fences(t)
+	for i, f := range fs {
+		if f.file == "README.md" && f.lang == "toml" && strings.HasPrefix(f.text, "# fragment: deliberately wrong") && i+1 < len(fs) {
+			bad, shown = f.text, fs[i+1].text
+			break
+		}
+	}
+	if bad == "" {
+		t.Fatal("README.md: no '# fragment: deliberately wrong' toml block followed by its errors")
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sipside.toml")
+	if err := os.WriteFile(path, []byte(bad), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(sipsideBin(t), "check", "sipside.toml")
+	cmd.Dir = dir
+	out, err := cmd.CombinedOutput()
+	if code := cmd.ProcessState.ExitCode(); code != 1 {
+		t.Errorf("exit %d (%v), the README says 1", code, err)
+	}
+	if string(out) != shown {
+		t.Errorf("sipside check prints\n%s\nthe README shows\n%s", out, shown)
+	}
+}

@@ -1,13 +1,12 @@
 package dmq
 
 import (
-	"errors"
-	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
 	"time"
 
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/internal/metrics"
 )
 
@@ -36,7 +35,7 @@ type Config struct {
 	Seeds []string `toml:"seeds"`
 	// PingInterval is how often every known node gets this node's list.
 	// Kamailio's own minimum is 5 s.
-	PingInterval time.Duration `toml:"ping_interval"`
+	PingInterval config.Duration `toml:"ping_interval"`
 	// Peers are the channels this node runs: htable, usrloc, dialog. KDMQ for
 	// any other channel is answered 404, as Kamailio does.
 	Peers []string `toml:"peers"`
@@ -45,11 +44,11 @@ type Config struct {
 	// every table.
 	HTables []string `toml:"htables"`
 	// T1, T2 and Timeout are the SIP transaction timers (see Timers).
-	T1      time.Duration `toml:"t1"`
-	T2      time.Duration `toml:"t2"`
-	Timeout time.Duration `toml:"timeout"`
+	T1      config.Duration `toml:"t1"`
+	T2      config.Duration `toml:"t2"`
+	Timeout config.Duration `toml:"timeout"`
 	// LeaveTimeout bounds how long leaving waits for the nodes to confirm.
-	LeaveTimeout time.Duration `toml:"leave_timeout"`
+	LeaveTimeout config.Duration `toml:"leave_timeout"`
 	// MaxNodes caps the node list (this node not counted). Lines that would
 	// add a node beyond it are refused and counted: every node costs a ping
 	// per interval and a line in every node list this node sends.
@@ -72,24 +71,24 @@ const (
 	maxMaxNodes = 4096
 )
 
-// Defaults returns the configuration used for every key left out.
-func Defaults() Config {
+// defaults is the configuration used for every key left out.
+func defaults() Config {
 	return Config{
 		Listen:       "sip:127.0.0.1:5090",
-		PingInterval: 10 * time.Second,
+		PingInterval: config.Duration(10 * time.Second),
 		Peers:        []string{ChannelHTable, ChannelUsrloc, ChannelDialog},
-		T1:           DefaultTimers.T1,
-		T2:           DefaultTimers.T2,
-		Timeout:      DefaultTimers.Timeout,
-		LeaveTimeout: 2 * time.Second,
+		T1:           config.Duration(DefaultTimers.T1),
+		T2:           config.Duration(DefaultTimers.T2),
+		Timeout:      config.Duration(DefaultTimers.Timeout),
+		LeaveTimeout: config.Duration(2 * time.Second),
 		MaxNodes:     DefaultMaxNodes,
 		MaxCells:     DefaultMaxCells,
 	}
 }
 
-// withDefaults fills zero values.
-func (c Config) withDefaults() Config {
-	d := Defaults()
+// WithDefaults fills in every unset key.
+func (c Config) WithDefaults() Config {
+	d := defaults()
 	if c.Listen == "" {
 		c.Listen = d.Listen
 	}
@@ -120,59 +119,68 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
-// Validate reports every problem at once, each saying what to change.
+// Validate is Check as one error, its keys under "dmq".
 func (c Config) Validate() error {
-	c = c.withDefaults()
-	var errs []error
+	var p config.Problems
+	c.Check(p.At("dmq"))
+	return p.Err()
+}
+
+// Check reports every problem of [dmq] at once (keys relative to p), each
+// saying what to change.
+func (c Config) Check(p *config.Problems) {
+	c = c.WithDefaults()
 	self, err := ParseNodeAddr(c.Listen)
 	if err != nil {
-		errs = append(errs, fmt.Errorf("dmq.listen: %w", err))
+		p.AddErr("listen", err)
 	} else {
 		if self.Transport != "" && self.Transport != "tcp" {
-			errs = append(errs, fmt.Errorf("dmq.listen %q: only UDP and TCP are supported; use ;transport=tcp or none", c.Listen))
+			p.Add("listen", "%q: only UDP and TCP are supported; use ;transport=tcp or none", c.Listen)
 		}
 		if _, err := netip.ParseAddr(self.Host); err != nil {
-			errs = append(errs, fmt.Errorf("dmq.listen %q: use an IPv4 address, not a host name: Kamailio stores the string as the node identity", c.Listen))
+			p.Add("listen", "%q: use an IPv4 address, not a host name: Kamailio stores the string as the node identity", c.Listen)
 		}
 	}
 	if len(c.Seeds) == 0 {
-		errs = append(errs, errors.New(`dmq.seeds: name at least one Kamailio node's server_address, e.g. seeds = ["sip:127.0.0.2:5060"]`))
+		p.Add("seeds", `name at least one Kamailio node's server_address, e.g. seeds = ["sip:127.0.0.2:5060"]`)
 	}
 	for _, s := range c.Seeds {
 		a, err := ParseNodeAddr(s)
 		switch {
 		case err != nil:
-			errs = append(errs, fmt.Errorf("dmq.seeds: %w", err))
+			p.AddErr("seeds", err)
 		case !a.speakable():
-			errs = append(errs, fmt.Errorf("dmq.seeds %q: only UDP and TCP are supported; use ;transport=tcp or none", s))
+			p.Add("seeds", "%q: only UDP and TCP are supported; use ;transport=tcp or none", s)
 		case a == self:
-			errs = append(errs, fmt.Errorf("dmq.seeds %q: is this node's own listen address; point it at another node", s))
+			p.Add("seeds", "%q: is this node's own listen address; point it at another node", s)
 		default:
 			if _, err := a.udpAddr(); err != nil {
-				errs = append(errs, fmt.Errorf("dmq.seeds %q: use an IP address: %w", s, err))
+				p.Add("seeds", "%q: use an IP address: %v", s, err)
 			}
 		}
 	}
-	if c.PingInterval < time.Second {
-		errs = append(errs, fmt.Errorf("dmq.ping_interval %s: use at least 1s (Kamailio itself uses at least 5s)", c.PingInterval))
+	if c.PingInterval.Std() < time.Second {
+		p.Add("ping_interval", "%s: use at least 1s (Kamailio itself uses at least 5s)", c.PingInterval)
 	}
-	for _, p := range c.Peers {
-		if !slices.Contains([]string{ChannelHTable, ChannelUsrloc, ChannelDialog}, p) {
-			errs = append(errs, fmt.Errorf("dmq.peers: unknown peer %q (want htable, usrloc or dialog)", p))
+	for _, peer := range c.Peers {
+		if !slices.Contains([]string{ChannelHTable, ChannelUsrloc, ChannelDialog}, peer) {
+			p.Add("peers", "unknown peer %q (want htable, usrloc or dialog)", peer)
 		}
 	}
 	if c.T1 <= 0 || c.T2 < c.T1 || c.Timeout < c.T1 {
-		errs = append(errs, fmt.Errorf("dmq timers: want 0 < t1 <= t2 and t1 <= timeout (got t1=%s t2=%s timeout=%s)", c.T1, c.T2, c.Timeout))
+		p.Add("t1", "want 0 < t1 <= t2 and t1 <= timeout (got t1=%s t2=%s timeout=%s)", c.T1, c.T2, c.Timeout)
+	}
+	if c.LeaveTimeout < 0 {
+		p.Add("leave_timeout", "%v: must not be negative", c.LeaveTimeout)
 	}
 	if c.MaxNodes < 1 || c.MaxNodes > maxMaxNodes {
-		errs = append(errs, fmt.Errorf("dmq.max_nodes %d: use 1 to %d (default %d); a real bus has a few nodes", c.MaxNodes, maxMaxNodes, DefaultMaxNodes))
+		p.Add("max_nodes", "%d: use 1 to %d (default %d); a real bus has a few nodes", c.MaxNodes, maxMaxNodes, DefaultMaxNodes)
 	} else if c.MaxNodes < len(c.Seeds) {
-		errs = append(errs, fmt.Errorf("dmq.max_nodes %d: smaller than the %d seeds; raise it to at least the number of seeds", c.MaxNodes, len(c.Seeds)))
+		p.Add("max_nodes", "%d: smaller than the %d seeds; raise it to at least the number of seeds", c.MaxNodes, len(c.Seeds))
 	}
 	if c.MaxCells < 1 {
-		errs = append(errs, fmt.Errorf("dmq.max_cells %d: use a positive number of cells per table (default %d)", c.MaxCells, DefaultMaxCells))
+		p.Add("max_cells", "%d: use a positive number of cells per table (default %d)", c.MaxCells, DefaultMaxCells)
 	}
-	return errors.Join(errs...)
 }
 
 // Options are what the daemon hands a node besides its configuration.

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/BurntSushi/toml"
+	"github.com/sipside/sipside/internal/config"
 )
 
 func TestConfigValidate(t *testing.T) {
@@ -26,13 +27,13 @@ func TestConfigValidate(t *testing.T) {
 		{"listen host name", func(c *Config) { c.Listen = "sip:localhost:5090" }, "not a host name"},
 		{"listen garbage", func(c *Config) { c.Listen = "127.0.0.1:5090" }, "sip: scheme"},
 		{"listen user", func(c *Config) { c.Listen = "sip:x@127.0.0.1:5090" }, "without a user part"},
-		{"ping", func(c *Config) { c.PingInterval = time.Millisecond }, "ping_interval"},
+		{"ping", func(c *Config) { c.PingInterval = config.Duration(time.Millisecond) }, "ping_interval"},
 		{"peer", func(c *Config) { c.Peers = []string{"presence"} }, `unknown peer "presence"`},
-		{"timers", func(c *Config) { c.T1 = time.Second; c.T2 = time.Millisecond }, "t1 <= t2"},
-		{"max_nodes negative", func(c *Config) { c.MaxNodes = -1 }, "dmq.max_nodes -1: use 1 to"},
-		{"max_nodes huge", func(c *Config) { c.MaxNodes = 1 << 20 }, "dmq.max_nodes 1048576: use 1 to"},
+		{"timers", func(c *Config) { c.T1 = config.Duration(time.Second); c.T2 = config.Duration(time.Millisecond) }, "t1 <= t2"},
+		{"max_nodes negative", func(c *Config) { c.MaxNodes = -1 }, "dmq.max_nodes: -1: use 1 to"},
+		{"max_nodes huge", func(c *Config) { c.MaxNodes = 1 << 20 }, "dmq.max_nodes: 1048576: use 1 to"},
 		{"max_nodes below seeds", func(c *Config) { c.MaxNodes = 1; c.Seeds = append(c.Seeds, "sip:127.0.0.3:5060") }, "smaller than the 2 seeds"},
-		{"max_cells negative", func(c *Config) { c.MaxCells = -5 }, "dmq.max_cells -5"},
+		{"max_cells negative", func(c *Config) { c.MaxCells = -5 }, "dmq.max_cells: -5"},
 		{"limits set", func(c *Config) { c.MaxNodes = 8; c.MaxCells = 10 }, ""},
 	}
 	for _, tc := range tests {
@@ -70,8 +71,8 @@ timeout = "10s"
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	c = c.withDefaults()
-	if c.PingInterval != 5*time.Second || c.Timeout != 10*time.Second || c.T1 != 500*time.Millisecond || len(c.Seeds) != 2 {
+	c = c.WithDefaults()
+	if c.PingInterval.Std() != 5*time.Second || c.Timeout.Std() != 10*time.Second || c.T1.Std() != 500*time.Millisecond || len(c.Seeds) != 2 {
 		t.Fatalf("decoded %+v", c)
 	}
 }

@@ -12,9 +12,7 @@ import (
 // How the daemon runs a node: build it from the [dmq] section, run it until
 // the context ends (SIGTERM), hand every change to the event router.
 func ExampleNew() {
-	cfg := dmq.Defaults()
-	cfg.Listen = "sip:127.0.0.1:5090"
-	cfg.Seeds = []string{"sip:127.0.0.2:5060"}
+	cfg := dmq.Config{Listen: "sip:127.0.0.1:5090", Seeds: []string{"sip:127.0.0.2:5060"}}.WithDefaults()
 	node, err := dmq.New(cfg, dmq.Options{
 		Logger:  slog.Default(),
 		Metrics: metrics.New(),

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/internal/metrics"
 	"github.com/sipside/sipside/testenv"
 )
@@ -222,11 +223,11 @@ func testConfig(t *testing.T, seeds ...string) Config {
 	return Config{
 		Listen:       "sip:127.0.0.1:" + strconv.Itoa(port),
 		Seeds:        seeds,
-		PingInterval: time.Second,
-		T1:           100 * time.Millisecond,
-		T2:           400 * time.Millisecond,
-		Timeout:      2 * time.Second,
-		LeaveTimeout: 2 * time.Second,
+		PingInterval: config.Duration(time.Second),
+		T1:           config.Duration(100 * time.Millisecond),
+		T2:           config.Duration(400 * time.Millisecond),
+		Timeout:      config.Duration(2 * time.Second),
+		LeaveTimeout: config.Duration(2 * time.Second),
 	}
 }
 

@@ -87,7 +87,7 @@ func New(cfg Config, opts Options) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	cfg = cfg.withDefaults()
+	cfg = cfg.WithDefaults()
 	self, _ := ParseNodeAddr(cfg.Listen)
 	n := &Node{
 		cfg:     cfg,
@@ -178,7 +178,7 @@ func (n *Node) Run(ctx context.Context) error {
 		log:     n.log,
 		rl:      n.rl,
 		metrics: n.metrics,
-		timers:  Timers{T1: n.cfg.T1, T2: n.cfg.T2, Timeout: n.cfg.Timeout},
+		timers:  Timers{T1: n.cfg.T1.Std(), T2: n.cfg.T2.Std(), Timeout: n.cfg.Timeout.Std()},
 		handle:  n.handleRequest,
 		admit:   n.admit,
 		trace:   n.opts.Trace,
@@ -201,7 +201,7 @@ func (n *Node) Run(ctx context.Context) error {
 
 	// Join: notify every seed with Max-Forwards 2 so that it re-broadcasts us.
 	n.pingAll(true)
-	tick := time.NewTicker(n.cfg.PingInterval)
+	tick := time.NewTicker(n.cfg.PingInterval.Std())
 	defer tick.Stop()
 	expireTick := time.NewTicker(time.Second)
 	defer expireTick.Stop()
@@ -230,7 +230,7 @@ loop:
 		}
 	}
 	if runErr == nil {
-		leaveCtx, cancelLeave := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.LeaveTimeout)
+		leaveCtx, cancelLeave := context.WithTimeout(context.WithoutCancel(ctx), n.cfg.LeaveTimeout.Std())
 		n.leave(leaveCtx)
 		cancelLeave()
 	}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/sipside/sipside/internal/config"
 )
 
 // Two sipside nodes form a bus of their own: no Kamailio needed, so the node
@@ -12,7 +14,7 @@ func TestTwoNodes(t *testing.T) {
 	c1 := testConfig(t)
 	c2 := testConfig(t, c1.Listen)
 	c1.Seeds = []string{c2.Listen}
-	c2.Timeout = 500 * time.Millisecond
+	c2.Timeout = config.Duration(500 * time.Millisecond)
 	n1 := startNode(t, c1)
 	n2 := startNode(t, c2)
 
@@ -63,7 +65,7 @@ func TestTwoNodes(t *testing.T) {
 // A node whose seed never answers stays unjoined and keeps the seed pending.
 func TestJoinUnanswered(t *testing.T) {
 	c := testConfig(t, "sip:127.0.0.1:9") // discard port: nothing answers
-	c.Timeout = 300 * time.Millisecond
+	c.Timeout = config.Duration(300 * time.Millisecond)
 	n := startNode(t, c)
 	checkFor(t, 5*time.Second, 20*time.Millisecond, func() error {
 		if n.metrics.timeouts.With(ChannelNotification).Value() == 0 {

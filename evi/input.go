@@ -36,14 +36,14 @@ func OpenInput(l Listen, ic InputConfig, d Deps, m *Metrics) (Input, error) {
 	case "udp", "unix":
 		return openDatagramInput(l, base)
 	case "tcp":
-		return openStreamInput(l, ic.withDefaults(), base, log, m)
+		return openStreamInput(l, ic.WithDefaults(), base, log, m)
 	case "stdin":
 		if d.Stdin == nil {
 			return nil, fmt.Errorf("input %s: this command has no stdin to read", l)
 		}
-		return &stdinInput{inputBase: base, r: d.Stdin, max: ic.withDefaults().MaxFrame}, nil
+		return &stdinInput{inputBase: base, r: d.Stdin, max: ic.WithDefaults().MaxFrame}, nil
 	case "evapi":
-		return newEvapiInput(l, ic.withDefaults(), base, log), nil
+		return newEvapiInput(l, ic.WithDefaults(), base, log), nil
 	default:
 		return nil, fmt.Errorf("input %s: unknown protocol %q", l, l.Proto)
 	}

@@ -4,12 +4,14 @@ import (
 	"io"
 	"testing"
 	"time"
+
+	"github.com/sipside/sipside/internal/config"
 )
 
 // Connections beyond max_conns are closed at once and counted; a freed slot
 // is taken by the next connection, which delivers as usual.
 func TestStreamInputMaxConns(t *testing.T) {
-	f := newStreamFixture(t, "test:stream-maxconns", InputConfig{MaxConns: 2, ReplyTimeout: Duration(time.Second)})
+	f := newStreamFixture(t, "test:stream-maxconns", InputConfig{MaxConns: 2, ReplyTimeout: config.Duration(time.Second)})
 	a, b := f.dial(t), f.dial(t)
 	// Each held connection has its slot once it answered an event.
 	for i, c := range []interface {
@@ -38,7 +40,7 @@ func TestStreamInputMaxConns(t *testing.T) {
 // A connection that sends nothing for idle_timeout is closed and counted, and
 // its slot comes back.
 func TestStreamInputIdleTimeout(t *testing.T) {
-	f := newStreamFixture(t, "test:stream-idle", InputConfig{MaxConns: 1, IdleTimeout: Duration(200 * time.Millisecond)})
+	f := newStreamFixture(t, "test:stream-idle", InputConfig{MaxConns: 1, IdleTimeout: config.Duration(200 * time.Millisecond)})
 	c := f.dial(t)
 	c.SetReadDeadline(time.Now().Add(10 * time.Second))
 	if _, err := c.Read(make([]byte, 1)); err != io.EOF {

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/internal/metrics"
 )
 
@@ -104,7 +105,7 @@ func TestStreamInputNotificationMode(t *testing.T) {
 
 // reliable_mode: the reply says the truth, with the event's own id.
 func TestStreamInputReliableMode(t *testing.T) {
-	f := newStreamFixture(t, "test:stream-rel", InputConfig{ReplyTimeout: Duration(300 * time.Millisecond)})
+	f := newStreamFixture(t, "test:stream-rel", InputConfig{ReplyTimeout: config.Duration(300 * time.Millisecond)})
 	c := f.dial(t)
 	c.Write([]byte(`{"id":1935636160,"jsonrpc":"2.0","method":"E_LAB_TICK","params":{"note":"tick","seq":1}}{"id":77,"jsonrpc":"2.0","method":"E_LAB_TICK","params":{"seq":2}}`))
 	got := readReplies(t, c, 2)
@@ -123,7 +124,7 @@ func TestStreamInputReliableMode(t *testing.T) {
 
 // A backend slower than the proxy's timeout gets an error reply in time.
 func TestStreamInputReliableTimeout(t *testing.T) {
-	f := newStreamFixture(t, "test:stream-slow", InputConfig{ReplyTimeout: Duration(100 * time.Millisecond)})
+	f := newStreamFixture(t, "test:stream-slow", InputConfig{ReplyTimeout: config.Duration(100 * time.Millisecond)})
 	// Block the route: the test backend's mutex is held until we let go.
 	b := tb("stream-slow")
 	b.mu.Lock()

@@ -3,13 +3,12 @@ package evi
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/sipside/sipside/internal/metrics"
+	"github.com/sipside/sipside/internal/config"
 )
 
 // InputConfig is one [[input]].
@@ -18,7 +17,7 @@ type InputConfig struct {
 	// ReplyTimeout bounds how long a tcp: (event_stream reliable_mode)
 	// sender waits for sipside's answer; keep it under the module's
 	// timeout (1 s by default), which counts from the event's creation.
-	ReplyTimeout Duration `toml:"reply_timeout"`
+	ReplyTimeout config.Duration `toml:"reply_timeout"`
 	// MaxFrame is the largest event a stream input takes, in bytes.
 	MaxFrame int `toml:"max_frame"`
 	// MaxConns caps a stream input's open connections; more are closed at
@@ -26,7 +25,7 @@ type InputConfig struct {
 	MaxConns int `toml:"max_conns"`
 	// IdleTimeout closes a stream connection that sent nothing for this
 	// long, so that dead peers do not hold descriptors forever.
-	IdleTimeout Duration `toml:"idle_timeout"`
+	IdleTimeout config.Duration `toml:"idle_timeout"`
 }
 
 const (
@@ -38,9 +37,10 @@ const (
 	defaultIdleTimeout = time.Hour
 )
 
-func (ic InputConfig) withDefaults() InputConfig {
+// WithDefaults fills in every unset key.
+func (ic InputConfig) WithDefaults() InputConfig {
 	if ic.ReplyTimeout == 0 {
-		ic.ReplyTimeout = Duration(defaultReplyTimeout)
+		ic.ReplyTimeout = config.Duration(defaultReplyTimeout)
 	}
 	if ic.MaxFrame == 0 {
 		ic.MaxFrame = defaultMaxFrame
@@ -49,7 +49,7 @@ func (ic InputConfig) withDefaults() InputConfig {
 		ic.MaxConns = defaultMaxConns
 	}
 	if ic.IdleTimeout == 0 {
-		ic.IdleTimeout = Duration(defaultIdleTimeout)
+		ic.IdleTimeout = config.Duration(defaultIdleTimeout)
 	}
 	return ic
 }
@@ -61,36 +61,49 @@ type Config struct {
 	Spool  SpoolConfig
 }
 
-// Validate checks every socket string and route without opening anything.
-func (c Config) Validate() error {
+// Check reports every problem of the inputs, the spool and the routes at
+// once, each under its key ("input[0].listen", "spool.fsync", "route[1].to"),
+// without opening anything.
+func (c Config) Check(p *config.Problems) {
 	seen := map[string]bool{}
 	for i, in := range c.Inputs {
-		l, err := ParseListen(in.Listen)
-		if err != nil {
-			return fmt.Errorf("input[%d].listen: %w", i, err)
+		ip := p.Index("input", i)
+		in.Check(ip)
+		if l, err := ParseListen(in.Listen); err == nil {
+			if seen[l.String()] {
+				ip.Add("listen", "%q is listed twice", in.Listen)
+			}
+			seen[l.String()] = true
 		}
-		if in.ReplyTimeout < 0 || in.MaxFrame < 0 {
-			return fmt.Errorf("input[%d]: reply_timeout and max_frame must not be negative", i)
-		}
-		if in.MaxConns < 0 {
-			return fmt.Errorf("input[%d].max_conns %d: use a positive number of connections (default %d)", i, in.MaxConns, defaultMaxConns)
-		}
-		if in.IdleTimeout < 0 || (in.IdleTimeout > 0 && time.Duration(in.IdleTimeout) < time.Second) {
-			return fmt.Errorf("input[%d].idle_timeout %v: use at least 1s (default %v)", i, time.Duration(in.IdleTimeout), defaultIdleTimeout)
-		}
-		if seen[l.String()] {
-			return fmt.Errorf("input[%d].listen: %q is listed twice", i, in.Listen)
-		}
-		seen[l.String()] = true
 	}
-	if err := c.Spool.Validate(); err != nil {
-		return fmt.Errorf("spool: %w", err)
+	c.Spool.Check(p.At("spool"))
+	CheckRoutes(c.Routes, p)
+}
+
+// Validate is Check as one error, nil when all is well.
+func (c Config) Validate() error {
+	var p config.Problems
+	c.Check(&p)
+	return p.Err()
+}
+
+// Check reports what is wrong with one [[input]] (its keys relative to p).
+func (ic InputConfig) Check(p *config.Problems) {
+	if _, err := ParseListen(ic.Listen); err != nil {
+		p.AddErr("listen", err)
 	}
-	r, err := NewRouter(c.Routes, Deps{}, NewMetrics(metrics.New()), nil)
-	if err != nil {
-		return err
+	if ic.ReplyTimeout < 0 {
+		p.Add("reply_timeout", "%v: must not be negative (default %v)", ic.ReplyTimeout, defaultReplyTimeout)
 	}
-	return r.closeBackends()
+	if ic.MaxFrame < 0 {
+		p.Add("max_frame", "%d: must not be negative (default %d bytes)", ic.MaxFrame, defaultMaxFrame)
+	}
+	if ic.MaxConns < 0 {
+		p.Add("max_conns", "%d: use a positive number of connections (default %d)", ic.MaxConns, defaultMaxConns)
+	}
+	if ic.IdleTimeout < 0 || (ic.IdleTimeout > 0 && ic.IdleTimeout.Std() < time.Second) {
+		p.Add("idle_timeout", "%v: use at least 1s (default %v)", ic.IdleTimeout, defaultIdleTimeout)
+	}
 }
 
 // Pipeline runs inputs into a router. Reload swaps the routes and opens or
@@ -130,7 +143,7 @@ func NewPipeline(cfg Config, d Deps, m *Metrics, onFailure FailureFunc) (*Pipeli
 	}
 	p := &Pipeline{deps: d, m: m, log: d.Log, onFailure: onFailure, inputs: map[string]*runningInput{}, idle: make(chan struct{})}
 	if err := cfg.Spool.Validate(); err != nil {
-		return nil, fmt.Errorf("spool: %w", err)
+		return nil, err
 	}
 	sp, err := NewSpool(cfg.Spool, d.Metrics, d.Log)
 	if err != nil {
@@ -175,7 +188,7 @@ func (p *Pipeline) apply(cfg Config) error {
 		if _, ok := p.inputs[key]; ok {
 			continue
 		}
-		in, err := OpenInput(l, ic.withDefaults(), p.deps, p.m)
+		in, err := OpenInput(l, ic.WithDefaults(), p.deps, p.m)
 		if err != nil {
 			for _, o := range opened {
 				o.Close()

@@ -10,17 +10,18 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/internal/metrics"
 )
 
 // RouteConfig is one [[route]]: which events go to which subscriber.
 type RouteConfig struct {
-	Name            string   `toml:"name"`             // label in metrics and logs; default routeN
-	Events          []string `toml:"events"`           // exact names or globs (E_UL_*); default ["*"]
-	To              string   `toml:"to"`               // an OpenSIPS socket string, virtual: included
-	Queue           int      `toml:"queue"`            // events waiting for delivery; default 10000
-	Timeout         Duration `toml:"timeout"`          // per delivery attempt; default 5s
-	FailoverTimeout Duration `toml:"failover_timeout"` // FAILOVER's skip window; default 30s
+	Name            string          `toml:"name"`             // label in metrics and logs; default routeN
+	Events          []string        `toml:"events"`           // exact names or globs (E_UL_*); default ["*"]
+	To              string          `toml:"to"`               // an OpenSIPS socket string, virtual: included
+	Queue           int             `toml:"queue"`            // events waiting for delivery; default 10000
+	Timeout         config.Duration `toml:"timeout"`          // per delivery attempt; default 5s
+	FailoverTimeout config.Duration `toml:"failover_timeout"` // FAILOVER's skip window; default 30s
 	// Window is how many events may wait for their outcome at once on a
 	// backend that can pipeline (rabbitmq: publisher confirms); 1 delivers
 	// one at a time. Default 128.
@@ -42,10 +43,9 @@ const (
 	MaxWindow = 10_000
 )
 
-func (rc *RouteConfig) setDefaults(i int) {
-	if rc.Name == "" {
-		rc.Name = "route" + strconv.Itoa(i+1)
-	}
+// WithDefaults fills in every unset key but name, which is routeN after the
+// route's place in the file (NewRouter and CheckRoutes give it).
+func (rc RouteConfig) WithDefaults() RouteConfig {
 	if len(rc.Events) == 0 {
 		rc.Events = []string{"*"}
 	}
@@ -53,35 +53,72 @@ func (rc *RouteConfig) setDefaults(i int) {
 		rc.Queue = defaultQueue
 	}
 	if rc.Timeout == 0 {
-		rc.Timeout = Duration(defaultTimeout)
+		rc.Timeout = config.Duration(defaultTimeout)
 	}
 	if rc.FailoverTimeout == 0 {
-		rc.FailoverTimeout = Duration(DefaultFailoverTimeout)
+		rc.FailoverTimeout = config.Duration(DefaultFailoverTimeout)
 	}
 	if rc.Window == 0 {
 		rc.Window = 128
 	}
+	return rc
 }
 
-func (rc *RouteConfig) validate() error {
-	if rc.To == "" {
-		return errors.New(`"to" is empty: name a socket, e.g. to = "stdout:" or "virtual:FAILOVER udp:127.0.0.1:9000 flatstore:/var/log/sipside/events.log"`)
+// named is rc with defaults and its name, for the i-th route.
+func (rc RouteConfig) named(i int) RouteConfig {
+	rc = rc.WithDefaults()
+	if rc.Name == "" {
+		rc.Name = "route" + strconv.Itoa(i+1)
 	}
-	for _, p := range rc.Events {
-		if _, err := path.Match(p, ""); err != nil {
-			return fmt.Errorf("events: bad pattern %q: %w", p, err)
+	return rc
+}
+
+// Check reports what is wrong with one [[route]] (keys relative to p),
+// its socket string included, without opening anything.
+func (rc RouteConfig) Check(p *config.Problems) {
+	rc = rc.WithDefaults()
+	if rc.To == "" {
+		p.Add("to", `empty: name a socket, e.g. to = "stdout:" or "virtual:FAILOVER udp:127.0.0.1:9000 flatstore:/var/log/sipside/events.log"`)
+	} else if b, err := NewBackend(rc.To, Deps{}); err != nil {
+		p.AddErr("to", err)
+	} else {
+		b.Close()
+	}
+	for _, pat := range rc.Events {
+		if _, err := path.Match(pat, ""); err != nil {
+			p.Add("events", "bad pattern %q: %v", pat, err)
 		}
 	}
 	if rc.Queue < 0 || rc.Queue > MaxQueue {
-		return fmt.Errorf("queue = %d: want 1 to %d events (a full queue holds every event in memory; with a [spool], events older than spill_after go to disk anyway)", rc.Queue, MaxQueue)
+		p.Add("queue", "%d: want 1 to %d events (a full queue holds every event in memory; with a [spool], events older than spill_after go to disk anyway)", rc.Queue, MaxQueue)
 	}
 	if rc.Window < 0 || rc.Window > MaxWindow {
-		return fmt.Errorf("window = %d: want 1 to %d events in flight", rc.Window, MaxWindow)
+		p.Add("window", "%d: want 1 to %d events in flight", rc.Window, MaxWindow)
 	}
-	if rc.Timeout < 0 || rc.FailoverTimeout < 0 {
-		return errors.New("timeout and failover_timeout must not be negative")
+	if rc.Timeout < 0 {
+		p.Add("timeout", "%v: must not be negative", rc.Timeout)
 	}
-	return nil
+	if rc.FailoverTimeout < 0 {
+		p.Add("failover_timeout", "%v: must not be negative", rc.FailoverTimeout)
+	}
+}
+
+// CheckRoutes reports what is wrong with every [[route]] (keys route[i].…).
+func CheckRoutes(routes []RouteConfig, p *config.Problems) {
+	if len(routes) > MaxRoutes {
+		p.Index("route", MaxRoutes).Add("", "%d routes: at most %d (each runs its own workers and connections); merge routes with event globs or virtual: sockets", len(routes), MaxRoutes)
+		return
+	}
+	names := map[string]int{}
+	for i, rc := range routes {
+		rp := p.Index("route", i)
+		rc.Check(rp)
+		name := rc.named(i).Name
+		if j, dup := names[name]; dup {
+			rp.Add("name", "%q is also route[%d]'s name: give each route its own (metrics and the spool are per name)", name, j)
+		}
+		names[name] = i
+	}
 }
 
 // FailureFunc is told about every event that a route could not deliver at
@@ -162,15 +199,13 @@ func NewRouter(cfgs []RouteConfig, d Deps, m *Metrics, onFailure FailureFunc) (*
 		d.Log = slog.New(slog.DiscardHandler)
 	}
 	r := &Router{m: m, log: d.Log, onFailure: onFailure}
-	if len(cfgs) > MaxRoutes {
-		return nil, fmt.Errorf("%d routes: at most %d (each runs its own workers and connections); merge routes with event globs or virtual: sockets", len(cfgs), MaxRoutes)
+	var problems config.Problems
+	CheckRoutes(cfgs, &problems)
+	if err := problems.Err(); err != nil {
+		return nil, err
 	}
 	for i, rc := range cfgs {
-		rc.setDefaults(i)
-		if err := rc.validate(); err != nil {
-			r.closeBackends()
-			return nil, fmt.Errorf("route %q: %w", rc.Name, err)
-		}
+		rc = rc.named(i)
 		b, err := NewBackend(rc.To, d)
 		if err != nil {
 			r.closeBackends()

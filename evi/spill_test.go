@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/internal/metrics"
 	"github.com/sipside/sipside/testenv"
 )
@@ -56,11 +57,11 @@ func silentListener(t *testing.T) string {
 func spillRouter(t *testing.T, to string, spillAfter time.Duration) (*Router, *RouteSpool, *metrics.Registry) {
 	t.Helper()
 	reg := metrics.New()
-	sp, err := NewSpool(SpoolConfig{Dir: t.TempDir(), SpillAfter: Duration(spillAfter), Retry: Duration(50 * time.Millisecond)}, reg, nil)
+	sp, err := NewSpool(SpoolConfig{Dir: t.TempDir(), SpillAfter: config.Duration(spillAfter), Retry: config.Duration(50 * time.Millisecond)}, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r, err := NewRouter([]RouteConfig{{Name: "r", To: to, Timeout: Duration(time.Hour)}}, Deps{Metrics: reg}, NewMetrics(reg), nil)
+	r, err := NewRouter([]RouteConfig{{Name: "r", To: to, Timeout: config.Duration(time.Hour)}}, Deps{Metrics: reg}, NewMetrics(reg), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

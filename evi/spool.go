@@ -16,26 +16,27 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/internal/metrics"
 )
 
 // SpoolConfig is [spool]: where events that no backend took wait, on
 // disk, to be replayed in order once a backend takes them again.
 type SpoolConfig struct {
-	Dir           string   `toml:"dir"`            // "" = no spool: undeliverable events are counted, logged and lost
-	MaxBytes      int64    `toml:"max_bytes"`      // per route; default 1 GiB
-	MaxAge        Duration `toml:"max_age"`        // older events are dropped at replay; default 24h
-	Fsync         string   `toml:"fsync"`          // always | interval | never; default interval
-	FsyncInterval Duration `toml:"fsync_interval"` // default 100ms
-	OnFull        string   `toml:"on_full"`        // drop_oldest | drop_newest; default drop_oldest
-	SegmentBytes  int64    `toml:"segment_bytes"`  // default 16 MiB
-	Retry         Duration `toml:"retry_interval"` // how often a failing head is retried; default 1s
+	Dir           string          `toml:"dir"`            // "" = no spool: undeliverable events are counted, logged and lost
+	MaxBytes      int64           `toml:"max_bytes"`      // per route; default 1 GiB
+	MaxAge        config.Duration `toml:"max_age"`        // older events are dropped at replay; default 24h
+	Fsync         string          `toml:"fsync"`          // always | interval | never; default interval
+	FsyncInterval config.Duration `toml:"fsync_interval"` // default 100ms
+	OnFull        string          `toml:"on_full"`        // drop_oldest | drop_newest; default drop_oldest
+	SegmentBytes  int64           `toml:"segment_bytes"`  // default 16 MiB
+	Retry         config.Duration `toml:"retry_interval"` // how often a failing head is retried; default 1s
 	// SpillAfter bounds how long an event stays only in memory: one that no
 	// backend confirmed this long after it arrived (queued, or in flight on
 	// a backend that is dialling, blocked or hung) is written to the spool,
 	// so that it survives a crash and a proxy waiting for the outcome
 	// (event_stream reliable_mode) gets its answer in time.
-	SpillAfter Duration `toml:"spill_after"` // default 250ms
+	SpillAfter config.Duration `toml:"spill_after"` // default 250ms
 }
 
 const (
@@ -52,13 +53,13 @@ func (c SpoolConfig) WithDefaults() SpoolConfig {
 		c.MaxBytes = 1 << 30
 	}
 	if c.MaxAge == 0 {
-		c.MaxAge = Duration(24 * time.Hour)
+		c.MaxAge = config.Duration(24 * time.Hour)
 	}
 	if c.Fsync == "" {
 		c.Fsync = fsyncInterval
 	}
 	if c.FsyncInterval == 0 {
-		c.FsyncInterval = Duration(100 * time.Millisecond)
+		c.FsyncInterval = config.Duration(100 * time.Millisecond)
 	}
 	if c.OnFull == "" {
 		c.OnFull = dropOldest
@@ -67,37 +68,50 @@ func (c SpoolConfig) WithDefaults() SpoolConfig {
 		c.SegmentBytes = 16 << 20
 	}
 	if c.Retry == 0 {
-		c.Retry = Duration(time.Second)
+		c.Retry = config.Duration(time.Second)
 	}
 	if c.SpillAfter == 0 {
-		c.SpillAfter = Duration(250 * time.Millisecond)
+		c.SpillAfter = config.Duration(250 * time.Millisecond)
 	}
 	return c
 }
 
-// Validate checks the values.
-func (c SpoolConfig) Validate() error {
+// Check reports what is wrong with [spool] (keys relative to p).
+func (c SpoolConfig) Check(p *config.Problems) {
 	c = c.WithDefaults()
 	switch c.Fsync {
 	case fsyncAlways, fsyncInterval, fsyncNever:
 	default:
-		return fmt.Errorf("fsync = %q: want always, interval or never", c.Fsync)
+		p.Add("fsync", "%q: want always, interval or never", c.Fsync)
 	}
 	switch c.OnFull {
 	case dropOldest, dropNewest:
 	default:
-		return fmt.Errorf("on_full = %q: want drop_oldest or drop_newest", c.OnFull)
+		p.Add("on_full", "%q: want drop_oldest or drop_newest", c.OnFull)
 	}
 	if c.Dir != "" && !filepath.IsAbs(c.Dir) {
-		return fmt.Errorf("dir = %q: want an absolute path, e.g. /var/lib/sipside/spool", c.Dir)
+		p.Add("dir", "%q: want an absolute path, e.g. /var/lib/sipside/spool", c.Dir)
 	}
-	if c.MaxBytes < 0 || c.SegmentBytes < 0 || c.MaxAge < 0 || c.FsyncInterval < 0 || c.Retry < 0 || c.SpillAfter < 0 {
-		return errors.New("max_bytes, segment_bytes, max_age, fsync_interval, retry_interval and spill_after must not be negative")
+	for key, v := range map[string]int64{"max_bytes": c.MaxBytes, "segment_bytes": c.SegmentBytes} {
+		if v < 0 {
+			p.Add(key, "%d: must not be negative", v)
+		}
 	}
-	if c.SegmentBytes > c.MaxBytes {
-		return fmt.Errorf("segment_bytes (%d) is larger than max_bytes (%d)", c.SegmentBytes, c.MaxBytes)
+	for key, v := range map[string]config.Duration{"max_age": c.MaxAge, "fsync_interval": c.FsyncInterval, "retry_interval": c.Retry, "spill_after": c.SpillAfter} {
+		if v < 0 {
+			p.Add(key, "%v: must not be negative", v)
+		}
 	}
-	return nil
+	if c.SegmentBytes > c.MaxBytes && c.MaxBytes > 0 {
+		p.Add("segment_bytes", "%d is larger than max_bytes (%d)", c.SegmentBytes, c.MaxBytes)
+	}
+}
+
+// Validate is Check as one error, its keys under "spool".
+func (c SpoolConfig) Validate() error {
+	var p config.Problems
+	c.Check(p.At("spool"))
+	return p.Err()
 }
 
 // Spool hands out one on-disk queue per route, kept for the life of the

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/internal/metrics"
 )
 
@@ -150,7 +151,7 @@ func TestSpoolFull(t *testing.T) {
 }
 
 func TestSpoolMaxAge(t *testing.T) {
-	s, _ := newTestSpool(t, t.TempDir(), SpoolConfig{MaxAge: Duration(time.Minute)})
+	s, _ := newTestSpool(t, t.TempDir(), SpoolConfig{MaxAge: config.Duration(time.Minute)})
 	defer s.Close()
 	q, _ := s.Route("r")
 	old := seqEvent(1)
@@ -165,7 +166,7 @@ func TestSpoolMaxAge(t *testing.T) {
 // A route whose backend is down spools; when it comes back the spool is
 // replayed first, in order, and new events never overtake spooled ones.
 func TestRouterSpoolReplay(t *testing.T) {
-	s, _ := newTestSpool(t, t.TempDir(), SpoolConfig{Retry: Duration(20 * time.Millisecond)})
+	s, _ := newTestSpool(t, t.TempDir(), SpoolConfig{Retry: config.Duration(20 * time.Millisecond)})
 	defer s.Close()
 	m := NewMetrics(metrics.New())
 	r, err := NewRouter([]RouteConfig{{Name: "sp", To: "test:spooled"}}, Deps{}, m, nil)

@@ -3,13 +3,13 @@ package evi
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"sort"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/internal/metrics"
 	"github.com/sipside/sipside/mi"
 )
@@ -23,7 +23,7 @@ type SubscribeConfig struct {
 	Expire int      `toml:"expire"` // seconds; default 3600, as event_subscribe's
 	// Check is how often sipside verifies with subscribers_list that the
 	// subscription still exists (a proxy restart forgets every one).
-	Check Duration `toml:"check_interval"`
+	CheckInterval config.Duration `toml:"check_interval"`
 }
 
 const (
@@ -31,55 +31,60 @@ const (
 	defaultCheck  = time.Second
 )
 
-func (sc SubscribeConfig) withDefaults() SubscribeConfig {
+// WithDefaults fills in every unset key.
+func (sc SubscribeConfig) WithDefaults() SubscribeConfig {
 	if sc.Expire == 0 {
 		sc.Expire = defaultExpire
 	}
-	if sc.Check == 0 {
-		sc.Check = Duration(defaultCheck)
+	if sc.CheckInterval == 0 {
+		sc.CheckInterval = config.Duration(defaultCheck)
 	}
 	return sc
 }
 
-// Validate checks the subscription without calling the proxy.
-func (sc SubscribeConfig) Validate() error {
-	t, err := mi.ParseTarget(sc.Target)
-	if err != nil {
-		return fmt.Errorf("target: %w", err)
-	}
-	if t.Dialect != mi.OpenSIPS {
-		return fmt.Errorf("target %q: only OpenSIPS has event_subscribe; for Kamailio add an [[input]] with listen = \"evapi:HOST:PORT\" instead", sc.Target)
+// Check reports what is wrong with one [[subscribe]] (keys relative to p),
+// without calling the proxy.
+func (sc SubscribeConfig) Check(p *config.Problems) {
+	if t, err := mi.ParseTarget(sc.Target); err != nil {
+		p.AddErr("target", err)
+	} else if t.Dialect != mi.OpenSIPS {
+		p.Add("target", "%q: only OpenSIPS has event_subscribe; for Kamailio add an [[input]] with listen = \"evapi:HOST:PORT\" instead", sc.Target)
 	}
 	if len(sc.Events) == 0 {
-		return errors.New("events: name at least one event, e.g. events = [\"E_UL_CONTACT_INSERT\"]")
+		p.Add("events", `name at least one event, e.g. events = ["E_UL_CONTACT_INSERT"]`)
 	}
 	for _, e := range sc.Events {
 		if e == "" || strings.ContainsAny(e, "*?[ ") {
-			return fmt.Errorf("events: %q: event_subscribe takes exact event names, not patterns", e)
+			p.Add("events", "%q: event_subscribe takes exact event names, not patterns", e)
 		}
 	}
 	if strings.HasPrefix(sc.Socket, "virtual:") {
 		// A virtual: subscription with udp/unix members crashes OpenSIPS
 		// 3.6.8 when it expires or is unsubscribed; sipside does the
 		// virtual dispatch itself.
-		return fmt.Errorf("socket %q: subscribe sipside's own udp:, unix: or tcp: input and put the virtual: string in a [[route]] (virtual subscriptions can crash OpenSIPS 3.6.8 when they expire)", sc.Socket)
-	}
-	l, err := ParseListen(sc.Socket)
-	if err != nil {
-		return fmt.Errorf("socket: %w", err)
-	}
-	switch l.Proto {
-	case "udp", "unix", "tcp":
-	default:
-		return fmt.Errorf("socket %q: OpenSIPS can send events to udp:, unix: or tcp: sockets only", sc.Socket)
+		p.Add("socket", "%q: subscribe sipside's own udp:, unix: or tcp: input and put the virtual: string in a [[route]] (virtual subscriptions can crash OpenSIPS 3.6.8 when they expire)", sc.Socket)
+	} else if l, err := ParseListen(sc.Socket); err != nil {
+		p.AddErr("socket", err)
+	} else {
+		switch l.Proto {
+		case "udp", "unix", "tcp":
+		default:
+			p.Add("socket", "%q: OpenSIPS can send events to udp:, unix: or tcp: sockets only", sc.Socket)
+		}
 	}
 	if sc.Expire < 0 {
-		return fmt.Errorf("expire = %d: want seconds > 0 (0 means the default, 3600)", sc.Expire)
+		p.Add("expire", "%d: want seconds > 0 (0 means the default, 3600)", sc.Expire)
 	}
-	if sc.Check < 0 {
-		return errors.New("check_interval must not be negative")
+	if sc.CheckInterval < 0 {
+		p.Add("check_interval", "%v: must not be negative", sc.CheckInterval)
 	}
-	return nil
+}
+
+// Validate is Check as one error.
+func (sc SubscribeConfig) Validate() error {
+	var p config.Problems
+	sc.Check(&p)
+	return p.Err()
 }
 
 // SubscriptionState is what `sipside events status` and /metrics show.
@@ -113,7 +118,7 @@ type Subscriber struct {
 
 // NewSubscriber builds a subscriber; it calls nothing until Run.
 func NewSubscriber(cfg SubscribeConfig, reg *metrics.Registry, log *slog.Logger) (*Subscriber, error) {
-	cfg = cfg.withDefaults()
+	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -157,7 +162,7 @@ func (s *Subscriber) Run(ctx context.Context) error {
 	defer s.unsubscribe()
 	expire := time.Duration(s.cfg.Expire) * time.Second
 	refresh := expire * 2 / 3
-	check := time.Duration(s.cfg.Check)
+	check := time.Duration(s.cfg.CheckInterval)
 	next := map[string]time.Time{} // event -> when to (re)subscribe; zero = now
 	reason := map[string]string{}
 	for _, e := range s.cfg.Events {

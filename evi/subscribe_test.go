@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/internal/metrics"
 	"github.com/sipside/sipside/testenv"
 )
@@ -41,7 +42,7 @@ func TestSubscriberLifecycle(t *testing.T) {
 
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	s, err := NewSubscriber(SubscribeConfig{Target: o.Target("udp"), Events: []string{"E_MY_EVENT"}, Socket: socket,
-		Expire: 3, Check: Duration(200 * time.Millisecond)}, metrics.New(), log)
+		Expire: 3, CheckInterval: config.Duration(200 * time.Millisecond)}, metrics.New(), log)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +88,7 @@ func TestSubscriberLifecycle(t *testing.T) {
 func TestSubscriberRefused(t *testing.T) {
 	o := testenv.OpenSIPS(t, testenv.OpenSIPSConfig{})
 	s, err := NewSubscriber(SubscribeConfig{Target: o.Target("udp"), Events: []string{"E_NO_SUCH_EVENT"}, Socket: "udp:127.0.0.1:9",
-		Check: Duration(100 * time.Millisecond)}, nil, nil)
+		CheckInterval: config.Duration(100 * time.Millisecond)}, nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/testenv"
 )
 
@@ -42,7 +43,7 @@ func TestQueryBounds(t *testing.T) {
 	voidKey(t, u, "bounds.void")
 	b, reg := startBridge(t, u, func(c *Config) {
 		c.AMQP.MaxQueries = 300
-		c.AMQP.MaxQueryTimeout = Duration(20 * time.Second)
+		c.AMQP.MaxQueryTimeout = config.Duration(20 * time.Second)
 	}, Options{})
 	addrs := b.Addrs()
 	inflight := func() int64 { return b.q.waiting.Load() }

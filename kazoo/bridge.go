@@ -65,7 +65,7 @@ type Bridge struct {
 // New checks cfg (after filling defaults) and builds the bridge; nothing connects
 // until Run.
 func New(cfg Config, opts Options) (*Bridge, error) {
-	cfg.SetDefaults()
+	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

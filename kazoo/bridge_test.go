@@ -15,6 +15,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/testenv"
 )
 
@@ -309,7 +310,7 @@ func TestConsumerAckModes(t *testing.T) {
 		for _, mode := range []string{"delivered", "script", "immediate"} {
 			c.AMQP.Consume = append(c.AMQP.Consume, ConsumeConfig{
 				Exchange: testExchange, RoutingKey: "ev." + mode + ".#", Ack: mode, Queue: "sipside-test-" + mode,
-				Deliver: "evapi:127.0.0.1:" + mode, Event: "E_" + mode, AckTimeout: Duration(3 * time.Second),
+				Deliver: "evapi:127.0.0.1:" + mode, Event: "E_" + mode, AckTimeout: config.Duration(3 * time.Second),
 			})
 		}
 	}, Options{NewDeliverer: func(target string, _ Options) (Deliverer, error) {
@@ -388,7 +389,7 @@ func TestQueryFailover(t *testing.T) {
 	a, bp := testenv.NewCutProxy(t, target), testenv.NewCutProxy(t, target)
 	b, _ := startBridge(t, viaProxy(t, u, a), func(c *Config) {
 		c.AMQP.Brokers = append(c.AMQP.Brokers, viaProxy(t, u, bp))
-		c.AMQP.Heartbeat = Duration(time.Second)
+		c.AMQP.Heartbeat = config.Duration(time.Second)
 	}, Options{})
 	var mu sync.Mutex
 	var ok, lost int

@@ -1,7 +1,6 @@
 package kazoo
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -12,6 +11,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/internal/rabbit"
 )
 
@@ -26,19 +26,19 @@ type AMQPConfig struct {
 	// Brokers are tried in order; the first reachable one is used.
 	Brokers []string `toml:"brokers"`
 	// Heartbeat is the AMQP heartbeat interval (default 10s).
-	Heartbeat Duration `toml:"heartbeat"`
+	Heartbeat config.Duration `toml:"heartbeat"`
 	// Kazoo adds the fields Kazoo apps expect (Msg-ID, Server-ID, Node, App-Name,
 	// App-Version) and takes query replies from the "targeted" exchange.
 	Kazoo bool `toml:"kazoo"`
 	// Node names this sipside in Kazoo messages (default sipside@HOSTNAME).
 	Node string `toml:"node"`
 	// QueryTimeout bounds amqp.query without timeout_ms (default 2s, as kazoo's module).
-	QueryTimeout Duration `toml:"query_timeout"`
+	QueryTimeout config.Duration `toml:"query_timeout"`
 	// PublishTimeout bounds waiting for a broker confirm (default 5s).
-	PublishTimeout Duration `toml:"publish_timeout"`
+	PublishTimeout config.Duration `toml:"publish_timeout"`
 	// MaxQueryTimeout is the longest timeout_ms a query may ask for (default
 	// 60s); more is refused as invalid params.
-	MaxQueryTimeout Duration `toml:"max_query_timeout"`
+	MaxQueryTimeout config.Duration `toml:"max_query_timeout"`
 	// MaxQueries caps queries waiting for a reply across all connections
 	// (default 4096); more are refused at once (-32008).
 	MaxQueries int `toml:"max_queries"`
@@ -75,8 +75,8 @@ type ConsumeConfig struct {
 	Prefetch  int    `toml:"prefetch"` // unacked messages in flight (default 50)
 	// Ack is immediate (on receipt), delivered (once the proxy accepted it) or script
 	// (when the routing script calls amqp.ack; nacked with requeue after AckTimeout).
-	Ack        string   `toml:"ack"`
-	AckTimeout Duration `toml:"ack_timeout"` // default 30s
+	Ack        string          `toml:"ack"`
+	AckTimeout config.Duration `toml:"ack_timeout"` // default 30s
 	// Deliver is an mi target of OpenSIPS (raise_event), e.g. opensips:udp:127.0.0.1:8080,
 	// evapi:HOST:PORT for Kamailio's evapi module, or "events" for sipside's own event
 	// routes ([[route]]), as if the proxy had raised the event.
@@ -123,25 +123,6 @@ type JSONRPCConfig struct {
 	MaxConns int `toml:"max_conns"`
 }
 
-// Duration is a time.Duration written in TOML as a string such as "10s".
-type Duration time.Duration
-
-// UnmarshalText parses "500ms", "10s", "2m".
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("%q is not a duration: write e.g. \"500ms\" or \"10s\"", b)
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// MarshalText writes the duration as Go prints it.
-func (d Duration) MarshalText() ([]byte, error) { return []byte(time.Duration(d).String()), nil }
-
-// Std is the duration as a time.Duration.
-func (d Duration) Std() time.Duration { return time.Duration(d) }
-
 // Ack modes.
 const (
 	AckImmediate = "immediate"
@@ -162,23 +143,26 @@ const (
 	DefaultMaxConns        = 512
 )
 
-// SetDefaults fills every unset key.
-func (c *Config) SetDefaults() {
+// WithDefaults fills in every unset key.
+func (c Config) WithDefaults() Config {
 	a := &c.AMQP
 	if a.Heartbeat == 0 {
-		a.Heartbeat = Duration(DefaultHeartbeat)
+		a.Heartbeat = config.Duration(DefaultHeartbeat)
 	}
 	if a.QueryTimeout == 0 {
-		a.QueryTimeout = Duration(DefaultQueryTimeout)
+		a.QueryTimeout = config.Duration(DefaultQueryTimeout)
 	}
 	if a.PublishTimeout == 0 {
-		a.PublishTimeout = Duration(DefaultPublishTimeout)
+		a.PublishTimeout = config.Duration(DefaultPublishTimeout)
 	}
 	if a.MaxQueryTimeout == 0 {
-		a.MaxQueryTimeout = Duration(DefaultMaxQueryTimeout)
+		a.MaxQueryTimeout = config.Duration(DefaultMaxQueryTimeout)
 	}
 	if a.MaxQueries == 0 {
 		a.MaxQueries = DefaultMaxQueries
+	}
+	if a.Declare == "" {
+		a.Declare = string(rabbit.DeclareAuto)
 	}
 	if a.Node == "" {
 		h, err := os.Hostname()
@@ -187,21 +171,11 @@ func (c *Config) SetDefaults() {
 		}
 		a.Node = "sipside@" + h
 	}
-	for i := range a.Consume {
-		cc := &a.Consume[i]
-		if cc.ExchangeType == "" {
-			cc.ExchangeType = "topic"
-		}
-		if cc.Prefetch == 0 {
-			cc.Prefetch = DefaultPrefetch
-		}
-		if cc.Ack == "" {
-			cc.Ack = AckDelivered
-		}
-		if cc.AckTimeout == 0 {
-			cc.AckTimeout = Duration(DefaultAckTimeout)
-		}
+	consume := make([]ConsumeConfig, len(a.Consume))
+	for i, cc := range a.Consume {
+		consume[i] = cc.WithDefaults()
 	}
+	a.Consume = consume
 	j := &c.JSONRPC
 	if len(j.Allow) == 0 {
 		j.Allow = []string{"127.0.0.0/8", "::1/128"}
@@ -212,102 +186,143 @@ func (c *Config) SetDefaults() {
 	if j.MaxConns == 0 {
 		j.MaxConns = DefaultMaxConns
 	}
+	return c
+}
+
+// WithDefaults fills in every unset key of one [[amqp.consume]].
+func (cc ConsumeConfig) WithDefaults() ConsumeConfig {
+	if cc.ExchangeType == "" {
+		cc.ExchangeType = "topic"
+	}
+	if cc.Prefetch == 0 {
+		cc.Prefetch = DefaultPrefetch
+	}
+	if cc.Ack == "" {
+		cc.Ack = AckDelivered
+	}
+	if cc.AckTimeout == 0 {
+		cc.AckTimeout = config.Duration(DefaultAckTimeout)
+	}
+	if cc.Declare == "" {
+		cc.Declare = string(rabbit.DeclareAuto)
+	}
+	if cc.QueueType == "" {
+		cc.QueueType = rabbit.QueueClassic
+	}
+	return cc
 }
 
 // Enabled reports whether the bridge has anything to do: brokers to use.
 func (c *Config) Enabled() bool { return len(c.AMQP.Brokers) > 0 }
 
-// Validate checks every key and names the bad one, e.g. "amqp.consume[1].ack: …".
-// Call SetDefaults first.
-func (c *Config) Validate() error {
-	a := c.AMQP
+// Validate is Check as one error.
+func (c Config) Validate() error {
+	var p config.Problems
+	c.Check(&p)
+	return p.Err()
+}
+
+// Check reports every problem of [amqp], [[amqp.consume]] and [jsonrpc] at
+// once, under their keys ("amqp.consume[1].ack").
+func (c Config) Check(p *config.Problems) {
+	c = c.WithDefaults()
+	a, ap := c.AMQP, p.At("amqp")
 	if len(a.Brokers) == 0 && (len(a.Consume) > 0 || len(c.JSONRPC.Listen) > 0) {
-		return errors.New(`amqp.brokers: empty, but [jsonrpc] or [[amqp.consume]] needs a broker; add e.g. brokers = ["amqp://guest:guest@127.0.0.1:5672/"]`)
+		ap.Add("brokers", `empty, but [jsonrpc] or [[amqp.consume]] needs a broker; add e.g. brokers = ["amqp://guest:guest@127.0.0.1:5672/"]`)
 	}
 	for i, b := range a.Brokers {
 		if _, err := amqp.ParseURI(b); err != nil {
-			return fmt.Errorf("amqp.brokers[%d]: %v (want amqp://user:pw@host:port/vhost or amqps://…)", i, err)
+			ap.Add(fmt.Sprintf("brokers[%d]", i), "%v (want amqp://user:pw@host:port/vhost or amqps://…)", err)
 		}
 	}
-	if a.Heartbeat < 0 || a.QueryTimeout < 0 || a.PublishTimeout < 0 || a.MaxQueryTimeout < 0 {
-		return errors.New("amqp: heartbeat, query_timeout, publish_timeout and max_query_timeout must not be negative")
+	for key, d := range map[string]config.Duration{"heartbeat": a.Heartbeat, "query_timeout": a.QueryTimeout, "publish_timeout": a.PublishTimeout, "max_query_timeout": a.MaxQueryTimeout} {
+		if d < 0 {
+			ap.Add(key, "%v: must not be negative", d)
+		}
 	}
 	if a.QueryTimeout > a.MaxQueryTimeout {
-		return fmt.Errorf("amqp.query_timeout: %v is above amqp.max_query_timeout (%v): raise max_query_timeout or lower query_timeout", a.QueryTimeout.Std(), a.MaxQueryTimeout.Std())
+		ap.Add("query_timeout", "%v is above max_query_timeout (%v): raise max_query_timeout or lower query_timeout", a.QueryTimeout, a.MaxQueryTimeout)
 	}
 	if a.MaxQueries < 1 || a.MaxQueries > 1<<20 {
-		return fmt.Errorf("amqp.max_queries: %d: want 1..1048576 queries in flight", a.MaxQueries)
+		ap.Add("max_queries", "%d: want 1..1048576 queries in flight", a.MaxQueries)
 	}
 	if (a.TLSCert == "") != (a.TLSKey == "") {
-		return errors.New("amqp.tls_cert and amqp.tls_key: give both or neither")
+		ap.Add("tls_cert", "give tls_cert and tls_key both, or neither")
 	}
 	if _, err := rabbit.ParseDeclareMode(a.Declare); err != nil {
-		return fmt.Errorf("amqp.declare: %w", err)
+		ap.AddErr("declare", err)
 	}
 	names := make(map[string]int, len(a.Consume))
 	for i, cc := range a.Consume {
-		key := fmt.Sprintf("amqp.consume[%d]", i)
-		if _, err := rabbit.ParseDeclareMode(cc.Declare); err != nil {
-			return fmt.Errorf("%s.declare: %w", key, err)
-		}
-		if err := rabbit.CheckQueue(rabbit.Queue{Name: cc.Queue, Type: cc.QueueType, Durable: cc.Durable,
-			Exclusive: cc.Queue == "", AutoDelete: cc.Queue == ""}); err != nil {
-			return fmt.Errorf("%s.queue_type: %w", key, err)
-		}
-		if cc.QueueType == rabbit.QueueStream && cc.Ack == AckImmediate {
-			return fmt.Errorf("%s.ack: a stream queue needs acks: use ack = \"delivered\" or \"script\"", key)
-		}
+		cp := ap.Index("consume", i)
+		cc.Check(cp)
 		if j, dup := names[cc.DisplayName()]; dup {
-			return fmt.Errorf("%s.name: %q is also amqp.consume[%d]'s name: give each consumer its own name", key, cc.DisplayName(), j)
+			cp.Add("name", "%q is also amqp.consume[%d]'s name: give each consumer its own name", cc.DisplayName(), j)
 		}
 		names[cc.DisplayName()] = i
-		switch cc.Ack {
-		case AckImmediate, AckDelivered, AckScript:
-		default:
-			return fmt.Errorf("%s.ack: %q: want immediate, delivered or script", key, cc.Ack)
-		}
-		switch cc.ExchangeType {
-		case "direct", "topic", "fanout", "headers":
-		default:
-			return fmt.Errorf("%s.exchange_type: %q: want direct, topic, fanout or headers", key, cc.ExchangeType)
-		}
-		if cc.Exchange == "" && cc.Queue == "" {
-			return fmt.Errorf("%s: give an exchange to bind to, or the queue to consume", key)
-		}
-		if cc.Exchange != "" && cc.RoutingKey == "" && len(cc.RoutingKeys) == 0 && cc.ExchangeType != "fanout" && cc.ExchangeType != "headers" {
-			return fmt.Errorf("%s.routing_key: empty; give the key (topic patterns like route.req.# work)", key)
-		}
-		if cc.Prefetch < 0 || cc.Prefetch > 65535 {
-			return fmt.Errorf("%s.prefetch: %d: want 0..65535", key, cc.Prefetch)
-		}
-		if cc.Deliver == "" {
-			return fmt.Errorf("%s.deliver: empty; give an OpenSIPS mi target (opensips:udp:127.0.0.1:8080) or evapi:HOST:PORT", key)
-		}
-		if err := checkDeliver(cc.Deliver); err != nil {
-			return fmt.Errorf("%s.deliver: %w", key, err)
-		}
-		if cc.Event == "" && (strings.HasPrefix(cc.Deliver, "opensips:") || cc.Deliver == DeliverEvents) {
-			return fmt.Errorf("%s.event: empty; name the event to raise, e.g. E_AMQP_ROUTE_REQ", key)
-		}
 	}
-	j := c.JSONRPC
+	j, jp := c.JSONRPC, p.At("jsonrpc")
 	for i, l := range j.Listen {
 		if _, _, err := ParseListen(l); err != nil {
-			return fmt.Errorf("jsonrpc.listen[%d]: %w", i, err)
+			jp.AddErr(fmt.Sprintf("listen[%d]", i), err)
 		}
 	}
 	for i, a := range j.Allow {
 		if _, err := parseAllow(a); err != nil {
-			return fmt.Errorf("jsonrpc.allow[%d]: %w", i, err)
+			jp.AddErr(fmt.Sprintf("allow[%d]", i), err)
 		}
 	}
 	if j.MaxFrame < 256 || j.MaxFrame > 16<<20 {
-		return fmt.Errorf("jsonrpc.max_frame: %d: want 256..16777216 bytes", j.MaxFrame)
+		jp.Add("max_frame", "%d: want 256..16777216 bytes", j.MaxFrame)
 	}
 	if j.MaxConns < 1 {
-		return fmt.Errorf("jsonrpc.max_conns: %d: want at least 1", j.MaxConns)
+		jp.Add("max_conns", "%d: want at least 1", j.MaxConns)
 	}
-	return nil
+}
+
+// Check reports what is wrong with one [[amqp.consume]] (keys relative to p).
+func (cc ConsumeConfig) Check(p *config.Problems) {
+	cc = cc.WithDefaults()
+	if _, err := rabbit.ParseDeclareMode(cc.Declare); err != nil {
+		p.AddErr("declare", err)
+	}
+	if err := rabbit.CheckQueue(rabbit.Queue{Name: cc.Queue, Type: cc.QueueType, Durable: cc.Durable,
+		Exclusive: cc.Queue == "", AutoDelete: cc.Queue == ""}); err != nil {
+		p.AddErr("queue_type", err)
+	}
+	if cc.QueueType == rabbit.QueueStream && cc.Ack == AckImmediate {
+		p.Add("ack", `a stream queue needs acks: use ack = "delivered" or "script"`)
+	}
+	switch cc.Ack {
+	case AckImmediate, AckDelivered, AckScript:
+	default:
+		p.Add("ack", "%q: want immediate, delivered or script", cc.Ack)
+	}
+	switch cc.ExchangeType {
+	case "direct", "topic", "fanout", "headers":
+	default:
+		p.Add("exchange_type", "%q: want direct, topic, fanout or headers", cc.ExchangeType)
+	}
+	if cc.Exchange == "" && cc.Queue == "" {
+		p.Add("exchange", "give an exchange to bind to, or the queue to consume")
+	}
+	if cc.Exchange != "" && cc.RoutingKey == "" && len(cc.RoutingKeys) == 0 && cc.ExchangeType != "fanout" && cc.ExchangeType != "headers" {
+		p.Add("routing_key", "empty; give the key (topic patterns like route.req.# work)")
+	}
+	if cc.Prefetch < 0 || cc.Prefetch > 65535 {
+		p.Add("prefetch", "%d: want 0..65535", cc.Prefetch)
+	}
+	if cc.AckTimeout < 0 {
+		p.Add("ack_timeout", "%v: must not be negative", cc.AckTimeout)
+	}
+	if cc.Deliver == "" {
+		p.Add("deliver", "empty; give an OpenSIPS mi target (opensips:udp:127.0.0.1:8080) or evapi:HOST:PORT")
+	} else if err := checkDeliver(cc.Deliver); err != nil {
+		p.AddErr("deliver", err)
+	}
+	if cc.Event == "" && (strings.HasPrefix(cc.Deliver, "opensips:") || cc.Deliver == DeliverEvents) {
+		p.Add("event", "empty; name the event to raise, e.g. E_AMQP_ROUTE_REQ")
+	}
 }
 
 func checkDeliver(s string) error {

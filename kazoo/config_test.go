@@ -36,7 +36,7 @@ func decode(t *testing.T, src string) Config {
 	if und := md.Undecoded(); len(und) > 0 {
 		t.Fatalf("undecoded keys %v", und)
 	}
-	c.SetDefaults()
+	c = c.WithDefaults()
 	return c
 }
 
@@ -97,7 +97,7 @@ func TestConfigValidate(t *testing.T) {
 func TestBadDurationNamesTheFix(t *testing.T) {
 	var c Config
 	_, err := toml.Decode("[amqp]\nheartbeat = \"10 seconds\"\n", &c)
-	if err == nil || !strings.Contains(err.Error(), `"10s"`) {
+	if err == nil || !strings.Contains(err.Error(), `"30s"`) {
 		t.Fatalf("err %v", err)
 	}
 }

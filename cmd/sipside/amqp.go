@@ -14,6 +14,7 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/internal/rabbit"
 	"github.com/sipside/sipside/kazoo"
 )
@@ -147,8 +148,8 @@ func amqpSend(ctx context.Context, e *env, verb string, f *amqpFlags, body []byt
 	cfg := kazoo.Config{}
 	cfg.AMQP.Brokers = []string{f.broker}
 	cfg.AMQP.Kazoo = f.kazoo
-	cfg.AMQP.PublishTimeout = kazoo.Duration(f.timeout)
-	cfg.AMQP.QueryTimeout = kazoo.Duration(f.timeout)
+	cfg.AMQP.PublishTimeout = config.Duration(f.timeout)
+	cfg.AMQP.QueryTimeout = config.Duration(f.timeout)
 	b, err := kazoo.New(cfg, kazoo.Options{Logger: cliLogger(e), Version: version()})
 	if err != nil {
 		fmt.Fprintf(e.stderr, "sipside amqp %s: %v\n", verb, err)

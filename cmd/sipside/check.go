@@ -6,11 +6,14 @@ import (
 	"io"
 )
 
-const checkHelp = `Usage: sipside check [-c FILE | FILE]
+const checkHelp = `Usage: sipside check [--file-only] [-c FILE | FILE]
 
 Validates a config file without starting anything: TOML syntax, unknown
-keys, values and every socket string. Prints what is wrong with the key and
-line, and exits 0 when the file is good, 1 when it is not. Without a FILE it
+keys, values, every socket string, and what run would refuse on this
+machine (an address no interface has, a unix socket or spool directory that
+cannot be made; an address in use is fine; --file-only leaves that out, for
+a config meant for another host). Prints every problem at once, each with
+its line and key, and exits 0 when the file is good, 1 when not. Without a FILE it
 checks the embedded default, as 'sipside run' without one runs it.
 
 Flags:
@@ -19,6 +22,7 @@ Flags:
 func cmdCheck(_ context.Context, e *env, args []string) int {
 	fs := newFlagSet("check")
 	path := fs.String("c", "", "config `FILE` (default: the embedded default)")
+	fileOnly := fs.Bool("file-only", false, "check the file alone, not what this machine would refuse (for a config meant for another host or a container)")
 	help := func(w io.Writer) {
 		fmt.Fprint(w, checkHelp)
 		printFlags(w, fs)
@@ -33,6 +37,10 @@ func cmdCheck(_ context.Context, e *env, args []string) int {
 		return usageError(e, fs.Name(), help, "%v", err)
 	}
 	cfg, err := loadConfigFile(file)
+	if err == nil && !*fileOnly {
+		// What run would refuse on this machine, short of addresses in use.
+		err = cfg.checkHost()
+	}
 	if err != nil {
 		fmt.Fprintf(e.stderr, "sipside check: %v\n", err)
 		return exitFailure

@@ -1,13 +1,14 @@
 package main
 
 import (
+	"bytes"
 	_ "embed"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"os"
-	"regexp"
+	"reflect"
 	"strconv"
 	"strings"
 
@@ -15,6 +16,7 @@ import (
 
 	"github.com/sipside/sipside/dmq"
 	"github.com/sipside/sipside/evi"
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/kazoo"
 )
 
@@ -40,9 +42,10 @@ type Config struct {
 	Subscribe []evi.SubscribeConfig `toml:"subscribe"`
 
 	// Shutdown is how long SIGTERM waits for queued events to be delivered.
-	Shutdown evi.Duration `toml:"shutdown_timeout"`
+	Shutdown config.Duration `toml:"shutdown_timeout"`
 
-	source string // file name, or "embedded default"
+	source string         // file name, or "embedded default"
+	pos    map[string]int // line of every key written in the file
 }
 
 // LogConfig is [log].
@@ -71,38 +74,12 @@ const (
 func (c *Config) dmqEnabled() bool { return c.DMQ.Listen != "" }
 
 func (c *Config) kazoo() kazoo.Config {
-	k := kazoo.Config{AMQP: c.AMQP, JSONRPC: c.JSONRPC}
-	k.SetDefaults()
-	return k
+	return kazoo.Config{AMQP: c.AMQP, JSONRPC: c.JSONRPC}.WithDefaults()
 }
 
 func (c *Config) events() evi.Config {
 	return evi.Config{Inputs: c.Input, Routes: c.Route, Spool: c.Spool}
 }
-
-// ConfigError names the key (and line, when known) of a bad setting.
-type ConfigError struct {
-	File string
-	Line int
-	Key  string
-	Err  error
-}
-
-func (e *ConfigError) Error() string {
-	var b strings.Builder
-	b.WriteString(e.File)
-	if e.Line > 0 {
-		b.WriteString(":" + strconv.Itoa(e.Line))
-	}
-	b.WriteString(": ")
-	if e.Key != "" {
-		b.WriteString(e.Key + ": ")
-	}
-	b.WriteString(e.Err.Error())
-	return b.String()
-}
-
-func (e *ConfigError) Unwrap() error { return e.Err }
 
 // loadConfigFile reads and validates a config file; "" means the embedded default.
 func loadConfigFile(path string) (*Config, error) {
@@ -116,30 +93,105 @@ func loadConfigFile(path string) (*Config, error) {
 	return parseConfig(path, string(src))
 }
 
+// parseConfig decodes and checks src. Every problem is reported at once, each
+// at its key and line ("sipside.toml:7: route[0].window: -5: want 1 or
+// more"), sorted by line; the error is a *config.Error.
 func parseConfig(name, src string) (*Config, error) {
-	cfg := &Config{source: name}
-	md, err := toml.Decode(src, cfg)
+	pos := config.Positions(src)
+	cfg := &Config{source: name, pos: pos}
+	// Into plain data first: only a syntax error can stop this, and it is
+	// then the one problem there is to report.
+	var data map[string]any
+	md, err := toml.Decode(src, &data)
 	if err != nil {
+		p := config.Problem{Msg: err.Error()}
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, &ConfigError{File: name, Line: pe.Position.Line, Err: errors.New(strings.TrimSpace(firstLine(pe.Message)))}
+			p = config.Problem{Line: pe.Position.Line, Msg: strings.TrimSpace(firstLine(pe.Message))}
 		}
-		if m := decodeErrRe.FindStringSubmatch(err.Error()); m != nil {
-			line, _ := strconv.Atoi(m[1])
-			return nil, &ConfigError{File: name, Line: line, Key: m[2], Err: errors.New(m[3])}
+		return nil, &config.Error{File: name, Problems: []config.Problem{p}}
+	}
+	// Then every value of the wrong type, at once; the decoder would stop
+	// at the first.
+	var problems config.Problems
+	config.CheckTypes(data, reflect.TypeFor[Config](), &problems)
+	if problems.Len() > 0 {
+		// What is left decodes: re-encode it, so that the values that are
+		// of the right type are checked too.
+		var buf bytes.Buffer
+		if err := toml.NewEncoder(&buf).Encode(data); err != nil {
+			return nil, located(name, pos, problems.Err())
 		}
-		return nil, &ConfigError{File: name, Err: err}
+		src = buf.String()
 	}
-	if und := md.Undecoded(); len(und) > 0 {
-		k := und[0]
-		return nil, &ConfigError{File: name, Line: keyLine(src, k), Key: k.String(),
-			Err: fmt.Errorf("unknown key (see contrib/sipside.toml for every key that exists)")}
+	if md, err = toml.Decode(src, cfg); err != nil {
+		return nil, located(name, pos, err)
 	}
-	cfg.setDefaults()
-	if err := cfg.validate(src); err != nil {
-		return nil, err
+	for _, k := range md.Undecoded() {
+		problems.Add(keyPath(md, k), "unknown key (contrib/sipside.toml lists every key that exists)")
+	}
+	cfg.fillDefaults()
+	cfg.check(&problems)
+	if err := problems.Err(); err != nil {
+		return nil, located(name, pos, err)
 	}
 	return cfg, nil
+}
+
+// checkHost reports what run would refuse on this machine although the file
+// is well formed (see hostProblems), at the keys' lines.
+func (c *Config) checkHost() error {
+	var p config.Problems
+	hostProblems(c, &p)
+	if err := p.Err(); err != nil {
+		return located(c.source, c.pos, err)
+	}
+	return nil
+}
+
+// located puts file and lines on the problems of err.
+func located(file string, pos map[string]int, err error) error {
+	ps := config.AsError(err)
+	for i := range ps {
+		ps[i].Line = config.Line(pos, ps[i].Key)
+	}
+	return &config.Error{File: file, Problems: ps}
+}
+
+// keyPath writes an undecoded key as Problems write keys: the decoder's path
+// has no element numbers, so array tables are counted from the keys before it.
+func keyPath(md toml.MetaData, k toml.Key) string {
+	// md.Keys() lists every key in file order, array table headers once per
+	// element: the element of k is the number of its table's headers seen
+	// before k, minus one.
+	count := map[string]int{}
+	arrays := map[string]bool{}
+	for _, kk := range md.Keys() {
+		if md.Type(kk...) == "ArrayHash" {
+			arrays[kk.String()] = true
+		}
+	}
+	for _, kk := range md.Keys() {
+		if arrays[kk.String()] {
+			count[kk.String()]++
+		}
+		if kk.String() != k.String() {
+			continue
+		}
+		var b strings.Builder
+		for i := range k {
+			if i > 0 {
+				b.WriteByte('.')
+			}
+			b.WriteString(k[i])
+			prefix := toml.Key(k[:i+1]).String()
+			if arrays[prefix] && i < len(k)-1 {
+				b.WriteString("[" + strconv.Itoa(count[prefix]-1) + "]")
+			}
+		}
+		return b.String()
+	}
+	return k.String()
 }
 
 func firstLine(s string) string {
@@ -147,7 +199,9 @@ func firstLine(s string) string {
 	return l
 }
 
-func (c *Config) setDefaults() {
+// fillDefaults fills what the file left out that the daemon itself owns; the
+// sections fill their own (WithDefaults) where they are used.
+func (c *Config) fillDefaults() {
 	if c.Log.Level == "" {
 		c.Log.Level = "info"
 	}
@@ -179,95 +233,65 @@ func (c *Config) setDefaults() {
 	}
 }
 
-func (c *Config) validate(src string) error {
-	bad := func(key string, table string, index int, err error) error {
-		return &ConfigError{File: c.source, Line: lineOf(src, table, index, key), Key: keyName(table, index, key), Err: err}
+// WithDefaults is the whole configuration with every default filled in, as
+// the daemon runs it (contrib/sipside.toml is checked against it).
+func (c Config) WithDefaults() Config {
+	c.fillDefaults()
+	in := make([]evi.InputConfig, len(c.Input))
+	for i, ic := range c.Input {
+		in[i] = ic.WithDefaults()
 	}
+	c.Input = in
+	rs := make([]evi.RouteConfig, len(c.Route))
+	for i, rc := range c.Route {
+		rs[i] = rc.WithDefaults()
+	}
+	c.Route = rs
+	c.Spool = c.Spool.WithDefaults()
+	c.DMQ = c.DMQ.WithDefaults()
+	k := c.kazoo()
+	c.AMQP, c.JSONRPC = k.AMQP, k.JSONRPC
+	ss := make([]evi.SubscribeConfig, len(c.Subscribe))
+	for i, sc := range c.Subscribe {
+		ss[i] = sc.WithDefaults()
+	}
+	c.Subscribe = ss
+	return c
+}
+
+// check reports every problem of the file's values, each under its key.
+func (c *Config) check(p *config.Problems) {
 	if _, err := parseLevel(c.Log.Level); err != nil {
-		return bad("level", "log", -1, err)
+		p.At("log").AddErr("level", err)
 	}
 	if c.Log.Format != "text" && c.Log.Format != "json" {
-		return bad("format", "log", -1, fmt.Errorf("%q: want text or json", c.Log.Format))
+		p.At("log").Add("format", "%q: want text or json", c.Log.Format)
 	}
 	if c.HTTP.Listen != "off" {
 		if _, port, err := net.SplitHostPort(c.HTTP.Listen); err != nil || port == "" {
-			return bad("listen", "http", -1, fmt.Errorf("%q: want HOST:PORT such as %s, or \"off\"", c.HTTP.Listen, defaultHTTPListen))
+			p.At("http").Add("listen", "%q: want HOST:PORT such as %s, or \"off\"", c.HTTP.Listen, defaultHTTPListen)
 		}
 	}
 	if !strings.HasPrefix(c.MI.Target, "opensips:") && !strings.HasPrefix(c.MI.Target, "kamailio:") {
-		return bad("target", "mi", -1, fmt.Errorf("%q: want opensips:… or kamailio:…, e.g. %s", c.MI.Target, defaultMITarget))
+		p.At("mi").Add("target", "%q: want opensips:… or kamailio:…, e.g. %s", c.MI.Target, defaultMITarget)
 	}
-	seen := map[string]bool{}
-	for i, in := range c.Input {
-		if err := (evi.Config{Inputs: []evi.InputConfig{in}}).Validate(); err != nil {
-			return bad("listen", "input", i, unprefix(err))
-		}
-		if seen[in.Listen] {
-			return bad("listen", "input", i, fmt.Errorf("%q is listed twice", in.Listen))
-		}
-		seen[in.Listen] = true
+	if c.Shutdown < 0 {
+		p.Add("shutdown_timeout", "%v: must not be negative (default %s)", c.Shutdown, defaultShutdown)
 	}
-	if err := c.Spool.Validate(); err != nil {
-		key, _, _ := strings.Cut(err.Error(), " ")
-		if lineOf(src, "spool", -1, key) == 0 {
-			key = "max_bytes"
-		}
-		return bad(key, "spool", -1, err)
-	}
+	c.events().Check(p)
 	if c.dmqEnabled() {
-		if err := c.DMQ.Validate(); err != nil {
-			return sectionError(c.source, src, err)
-		}
+		c.DMQ.Check(p.At("dmq"))
 	}
 	if k := c.kazoo(); k.Enabled() || len(k.JSONRPC.Listen) > 0 || len(k.AMQP.Consume) > 0 {
-		if err := k.Validate(); err != nil {
-			return sectionError(c.source, src, err)
-		}
+		k.Check(p)
 	}
 	for i, sc := range c.Subscribe {
-		if err := sc.Validate(); err != nil {
-			key, _, _ := strings.Cut(err.Error(), ":")
-			switch key {
-			case "target", "events", "socket", "expire", "check_interval":
-			default:
-				key = "socket"
-				if strings.Contains(err.Error(), "target") {
-					key = "target"
-				}
-			}
-			return bad(key, "subscribe", i, err)
-		}
+		sp := p.Index("subscribe", i)
+		sc.Check(sp)
 		if !listensOn(c.Input, sc.Socket) {
-			return bad("socket", "subscribe", i, fmt.Errorf("%q is not one of sipside's [[input]] listen strings: OpenSIPS would send the events where nobody listens", sc.Socket))
+			sp.Add("socket", "%q is not one of sipside's [[input]] listen strings: OpenSIPS would send the events where nobody listens", sc.Socket)
 		}
 	}
-	if len(c.Route) > evi.MaxRoutes {
-		return bad("to", "route", evi.MaxRoutes, fmt.Errorf("%d routes: at most %d (each runs its own workers and connections); merge routes with event globs or virtual: sockets", len(c.Route), evi.MaxRoutes))
-	}
-	for i, r := range c.Route {
-		if err := (evi.Config{Routes: []evi.RouteConfig{r}}).Validate(); err != nil {
-			key := "to"
-			switch {
-			case strings.Contains(err.Error(), "events:"):
-				key = "events"
-			case strings.HasPrefix(unwrapRoute(err), "queue ="):
-				key = "queue"
-			case strings.HasPrefix(unwrapRoute(err), "window ="):
-				key = "window"
-			}
-			return bad(key, "route", i, err)
-		}
-	}
-	return nil
-}
-
-// unwrapRoute drops evi's `route "NAME": ` prefix from a route's error.
-func unwrapRoute(err error) string {
-	s := err.Error()
-	if _, rest, ok := strings.Cut(s, `": `); ok && strings.HasPrefix(s, "route ") {
-		return rest
-	}
-	return s
 }
 
 // listensOn tells whether socket is one of the inputs, written the same way:
@@ -279,54 +303,6 @@ func listensOn(inputs []evi.InputConfig, socket string) bool {
 		}
 	}
 	return false
-}
-
-// unprefix drops evi's "input[0].listen: " prefix; the ConfigError names the key.
-func unprefix(err error) error {
-	s := err.Error()
-	if i := strings.Index(s, ": "); i > 0 && strings.HasPrefix(s, "input[") {
-		return errors.New(s[i+2:])
-	}
-	return err
-}
-
-// sectionError turns a package's "dmq.seeds: …" or "amqp.consume[1].ack: …"
-// error into a ConfigError that carries the key's line when it is written
-// in the file.
-func sectionError(file, src string, err error) error {
-	msg := err.Error()
-	m := sectionKeyRe.FindStringSubmatch(msg)
-	if m == nil {
-		return &ConfigError{File: file, Err: err}
-	}
-	key := m[1]
-	rest := strings.TrimPrefix(strings.TrimPrefix(msg, key), ":")
-	rest = strings.TrimSpace(rest)
-	// Find the table (and array index) and the last key: amqp.consume[1].ack
-	// is "ack" in the second [[amqp.consume]]; dmq.seeds is "seeds" in [dmq].
-	parts := strings.Split(key, ".")
-	last := parts[len(parts)-1]
-	if k := strings.Index(last, "["); k > 0 {
-		last = last[:k]
-	}
-	table, index := strings.Join(parts[:len(parts)-1], "."), -1
-	if im := indexRe.FindStringSubmatch(table); im != nil {
-		table = im[1]
-		index, _ = strconv.Atoi(im[2])
-	}
-	return &ConfigError{File: file, Line: lineOf(src, table, index, last), Key: key, Err: errors.New(rest)}
-}
-
-var (
-	sectionKeyRe = regexp.MustCompile(`^((?:dmq|amqp|jsonrpc)(?:\.[a-z_]+(?:\[\d+\])?)+)[ :]`)
-	indexRe      = regexp.MustCompile(`^([a-z_.]+)\[(\d+)\]$`)
-)
-
-func keyName(table string, index int, key string) string {
-	if index >= 0 {
-		return fmt.Sprintf("%s[%d].%s", table, index, key)
-	}
-	return table + "." + key
 }
 
 func parseLevel(s string) (slog.Level, error) {
@@ -341,51 +317,4 @@ func parseLevel(s string) (slog.Level, error) {
 		return slog.LevelError, nil
 	}
 	return 0, fmt.Errorf("%q: want debug, info, warn or error", s)
-}
-
-var (
-	// decodeErrRe picks the line and key out of BurntSushi/toml's type errors.
-	decodeErrRe = regexp.MustCompile(`^toml: line (\d+) \(last key "([^"]+)"\): (.*)$`)
-	headerRe    = regexp.MustCompile(`^\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?`)
-	keyRe       = regexp.MustCompile(`^\s*([A-Za-z0-9_\-]+)\s*=`)
-)
-
-// lineOf finds the line of key in [table] (index < 0) or in the index-th
-// [[table]]; 0 when the key is not written in the file (a default).
-// BurntSushi/toml reports lines for syntax errors only, and an operator
-// wants the line for a bad value too.
-func lineOf(src, table string, index int, key string) int {
-	cur, count := "", map[string]int{}
-	curIdx := -1
-	for n, line := range strings.Split(src, "\n") {
-		if m := headerRe.FindStringSubmatch(line); m != nil {
-			cur = m[2]
-			curIdx = -1
-			if m[1] == "[[" {
-				curIdx = count[cur]
-				count[cur]++
-			}
-			continue
-		}
-		if m := keyRe.FindStringSubmatch(line); m != nil && m[1] == key && cur == table && curIdx == index {
-			return n + 1
-		}
-	}
-	return 0
-}
-
-// keyLine finds the line of an undecoded key such as route.0.colour or log.colour.
-func keyLine(src string, k toml.Key) int {
-	if len(k) == 1 {
-		return lineOf(src, "", -1, k[0])
-	}
-	// Array tables count their elements in the key path only sometimes; try
-	// both readings.
-	table := strings.Join(k[:len(k)-1], ".")
-	for idx := -1; idx < 64; idx++ {
-		if l := lineOf(src, table, idx, k[len(k)-1]); l > 0 {
-			return l
-		}
-	}
-	return 0
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/sipside/sipside/dmq"
+	"github.com/sipside/sipside/internal/config"
 )
 
 const dmqUsage = `Usage: sipside dmq COMMAND --listen sip:IP:PORT --seed sip:IP:PORT [FLAGS] [ARGS]
@@ -103,7 +104,7 @@ func cmdDMQ(ctx context.Context, e *env, args []string) int {
 	if f.listen == "" {
 		return usageError(e, fs.Name(), help, "give --listen sip:IP:PORT, the address the Kamailio nodes reach this node at")
 	}
-	cfg := dmq.Config{Listen: f.listen, Seeds: f.seeds, PingInterval: f.ping}
+	cfg := dmq.Config{Listen: f.listen, Seeds: f.seeds, PingInterval: config.Duration(f.ping)}
 	if cmd == "htable set" || cmd == "htable delete" || cmd == "htable get" || cmd == "htable dump" {
 		cfg.Peers = []string{dmq.ChannelHTable}
 	}

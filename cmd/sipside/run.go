@@ -76,6 +76,9 @@ func cmdRun(ctx context.Context, e *env, args []string) int {
 		return usageError(e, fs.Name(), help, "%v", err)
 	}
 	cfg, err := loadConfigFile(f.config)
+	if err == nil {
+		err = cfg.checkHost()
+	}
 	if err != nil {
 		fmt.Fprintf(e.stderr, "sipside run: %v\n", err)
 		return exitFailure
