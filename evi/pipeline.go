@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -338,6 +339,24 @@ func (p *Pipeline) closeInputs() {
 }
 
 // Inputs lists the open inputs' socket strings.
+// InputStatus is one input as the status shows it.
+type InputStatus struct {
+	Listen   string `json:"listen"`
+	Received uint64 `json:"received"`
+	Invalid  uint64 `json:"invalid"`
+}
+
+// InputStatuses reports every open input with its counts, sorted.
+func (p *Pipeline) InputStatuses() []InputStatus {
+	names := p.Inputs()
+	sort.Strings(names)
+	out := make([]InputStatus, 0, len(names))
+	for _, n := range names {
+		out = append(out, InputStatus{Listen: n, Received: p.m.Received.With(n).Value(), Invalid: p.m.Invalid.With(n).Value()})
+	}
+	return out
+}
+
 func (p *Pipeline) Inputs() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()

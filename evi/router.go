@@ -848,6 +848,21 @@ type RouteStatus struct {
 	Failed      uint64   `json:"undelivered"`
 	QueueFull   uint64   `json:"queue_full"`
 	SpoolActive bool     `json:"replaying"`
+	// SpooledTotal and Replayed count events written to and replayed from
+	// the route's spool since start.
+	SpooledTotal uint64 `json:"spooled_total"`
+	Replayed     uint64 `json:"replayed_total"`
+	// Policy is the virtual: policy ("" for a plain backend); Backends are
+	// its members in order, or the one backend.
+	Policy   string          `json:"policy,omitempty"`
+	Backends []BackendStatus `json:"backends"`
+}
+
+// BackendStatus is one backend (or virtual member) of a route.
+type BackendStatus struct {
+	MemberStatus
+	Delivered uint64 `json:"delivered"`
+	Failed    uint64 `json:"failed"`
 }
 
 // Status describes every route.
@@ -863,7 +878,16 @@ func (r *Router) Status() []RouteStatus {
 			if q, err := r.spool.Route(rt.cfg.Name); err == nil {
 				st.Spooled = q.Len()
 				st.SpoolActive = st.Spooled > 0
+				st.SpooledTotal, st.Replayed = q.spooledC.Value(), q.replayedC.Value()
 			}
+		}
+		members := []MemberStatus{{Name: Redact(rt.cfg.To)}}
+		if v, ok := rt.b.(*Virtual); ok {
+			st.Policy, members = string(v.Policy()), v.Members()
+		}
+		for _, m := range members {
+			st.Backends = append(st.Backends, BackendStatus{MemberStatus: m,
+				Delivered: r.m.Delivered.With(rt.cfg.Name, m.Name).Value(), Failed: r.m.Failed.With(rt.cfg.Name, m.Name).Value()})
 		}
 		out = append(out, st)
 	}

@@ -97,6 +97,35 @@ func newVirtual(spec string, d Deps) (Backend, error) {
 // SetFailoverTimeout sets how long FAILOVER skips a member after it failed.
 func (v *Virtual) SetFailoverTimeout(d time.Duration) { v.timeout = d }
 
+// MemberStatus is one member of a virtual subscriber as the status shows it.
+type MemberStatus struct {
+	Name string `json:"name"` // redacted socket string
+	// SkippedUntil is when FAILOVER tries it first again after it failed;
+	// zero when it is not in its failover_timeout window.
+	SkippedUntil time.Time `json:"skipped_until,omitzero"`
+	// InUse: the member FAILOVER tries first now (the first one not skipped).
+	InUse bool `json:"in_use,omitempty"`
+}
+
+// Policy is the virtual subscriber's policy.
+func (v *Virtual) Policy() Policy { return v.policy }
+
+// Members reports every member in order, with FAILOVER's state.
+func (v *Virtual) Members() []MemberStatus {
+	now := v.now().UnixNano()
+	out := make([]MemberStatus, len(v.members))
+	inUse := false
+	for i, m := range v.members {
+		out[i].Name = m.name
+		if until := m.downUntil.Load(); until > now {
+			out[i].SkippedUntil = time.Unix(0, until)
+		} else if v.policy == Failover && !inUse {
+			out[i].InUse, inUse = true, true
+		}
+	}
+	return out
+}
+
 func (v *Virtual) report(m *member, err error) {
 	if v.Report != nil {
 		v.Report(m.name, err)

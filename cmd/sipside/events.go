@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -152,9 +153,10 @@ func cmdEventsStatus(ctx context.Context, e *env, args []string) int {
 	fs := newFlagSet("events status")
 	addr := fs.String("http", "", "the daemon's observability `HOST:PORT` (default: [http] listen of -c, else "+defaultHTTPListen+")")
 	cfgPath := fs.String("c", "", "config `FILE` to read [http] listen from")
+	asJSON := fs.Bool("json", false, "print /api/status as JSON instead of text")
 	ready := fs.Bool("ready", false, "ask /readyz instead: exit 0 when everything configured works, 1 with the list of what does not (for health checks)")
 	help := func(w io.Writer) {
-		fmt.Fprint(w, "Usage: sipside events status [--http HOST:PORT | -c FILE] [--ready]\n\nPrints the running daemon's event subscriptions (state, expiry, last error) and inputs as JSON;\nwith --ready, what is not ready (its /readyz), for health checks.\n\n"+
+		fmt.Fprint(w, "Usage: sipside events status [--http HOST:PORT | -c FILE] [--json | --ready]\n\nPrints what the running daemon's status page shows, as text: inputs with their counts,\nsubscriptions with their expiry, routes and backends with delivered, failed and spooled\ncounts and FAILOVER's state, AMQP consumers, DMQ nodes. --json prints its /api/status;\n--ready what is not ready (its /readyz), for health checks.\n\n"+
 			"Exit status: 0 success (with --ready: all is ready), 1 the daemon answered with an error, is\nnot ready (--ready) or the -c config is invalid, 2 bad usage or no daemon answering there.\n\nFlags:\n")
 		printFlags(w, fs)
 		fmt.Fprint(w, "\nExample:\n  sipside events status --http 127.0.0.1:9690\n")
@@ -194,6 +196,15 @@ func cmdEventsStatus(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "sipside events status: %s answered %s\n", *addr, resp.Status)
 		return exitFailure
 	}
-	io.Copy(e.stdout, resp.Body)
+	if *ready || *asJSON {
+		io.Copy(e.stdout, resp.Body)
+		return exitOK
+	}
+	var st status
+	if err := json.NewDecoder(io.LimitReader(resp.Body, 16<<20)).Decode(&st); err != nil {
+		fmt.Fprintf(e.stderr, "sipside events status: %s answered something that is not sipside's status: %v\n", *addr, err)
+		return exitFailure
+	}
+	writeStatusText(e.stdout, st, time.Now())
 	return exitOK
 }

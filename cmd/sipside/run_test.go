@@ -301,7 +301,7 @@ check_interval = "200ms"
 		t.Errorf("stdout: %s", l)
 	}
 	e, out := testEnv()
-	if code := dispatch(t.Context(), e, []string{"events", "status", "--http", httpAddr}); code != exitOK {
+	if code := dispatch(t.Context(), e, []string{"events", "status", "--json", "--http", httpAddr}); code != exitOK {
 		t.Fatalf("events status: exit %d: %s", code, out)
 	}
 	var st status
