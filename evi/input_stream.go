@@ -9,6 +9,7 @@ import (
 	"net"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sipside/sipside/internal/metrics"
@@ -31,6 +32,9 @@ type streamInput struct {
 	overLimit  *metrics.Counter
 	idleClosed *metrics.Counter
 	acceptErrs *metrics.Counter
+	// failing is the last accept error while accepts fail (nil once one
+	// succeeds): /readyz reports the input as not ready meanwhile.
+	failing atomic.Pointer[error]
 
 	mu    sync.Mutex
 	conns map[net.Conn]struct{}
@@ -58,6 +62,14 @@ const (
 	acceptRetryMax = time.Second
 )
 
+// NotReady says why the input cannot take connections now ("" when it can).
+func (in *streamInput) NotReady() string {
+	if e := in.failing.Load(); e != nil {
+		return "cannot accept connections: " + (*e).Error()
+	}
+	return ""
+}
+
 // Addr is the bound address.
 func (in *streamInput) Addr() net.Addr { return in.ln.Addr() }
 
@@ -78,6 +90,7 @@ func (in *streamInput) Run(ctx context.Context, sink Sink) error {
 			// the socket bound and its backlog unanswered until a restart.
 			delay = min(max(2*delay, acceptRetryMin), acceptRetryMax)
 			in.acceptErrs.Inc()
+			in.failing.Store(&err)
 			in.bad.Warn("accept failed; retrying (raise the open-files limit or lower max_conns)", "error", err, "retry_in", delay)
 			select {
 			case <-time.After(delay):
@@ -87,6 +100,7 @@ func (in *streamInput) Run(ctx context.Context, sink Sink) error {
 			continue
 		}
 		delay = 0
+		in.failing.Store(nil)
 		select {
 		case in.slots <- struct{}{}:
 		default:

@@ -1,11 +1,18 @@
 package evi
 
 import (
+	"context"
 	"io"
+	"net"
+	"os"
+	"strings"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/sipside/sipside/internal/config"
+	"github.com/sipside/sipside/internal/metrics"
 )
 
 // Connections beyond max_conns are closed at once and counted; a freed slot
@@ -49,4 +56,50 @@ func TestStreamInputIdleTimeout(t *testing.T) {
 	idle := f.m.ConnsClosed.With(f.in.name, "idle_timeout")
 	checkFor(t, 5*time.Second, "idle close counted", func() bool { return idle.Value() == 1 })
 	checkFor(t, 5*time.Second, "slot freed", func() bool { return len(f.in.slots) == 0 })
+}
+
+// emfileListener fails its accepts with EMFILE while fail is set.
+type emfileListener struct {
+	net.Listener
+	fail atomic.Bool
+}
+
+func (l *emfileListener) Accept() (net.Conn, error) {
+	if l.fail.Load() {
+		time.Sleep(time.Millisecond)
+		return nil, &net.OpError{Op: "accept", Net: "tcp", Err: os.NewSyscallError("accept4", syscall.EMFILE)}
+	}
+	return l.Listener.Accept()
+}
+
+// While accepts fail the input says it is not ready (for /readyz), and says
+// so no more once one succeeds.
+func TestStreamInputNotReadyWhileAcceptFails(t *testing.T) {
+	m := NewMetrics(metrics.New())
+	in, err := OpenInput(Listen{Proto: "tcp", Addr: "127.0.0.1:0"}, InputConfig{}, Deps{}, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	si := in.(*streamInput)
+	el := &emfileListener{Listener: si.ln}
+	el.fail.Store(true)
+	si.ln = el
+	r, err := NewRouter([]RouteConfig{{Name: "r", To: "test:ready"}}, Deps{}, m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	defer r.Close(context.Background())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { in.Run(ctx, r); close(done) }()
+	defer func() { cancel(); <-done; in.Close() }()
+	checkFor(t, 5*time.Second, "not ready", func() bool { return strings.Contains(si.NotReady(), "too many open files") })
+	el.fail.Store(false)
+	c, err := net.Dial("tcp", si.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	checkFor(t, 5*time.Second, "ready again", func() bool { return si.NotReady() == "" })
 }

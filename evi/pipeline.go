@@ -339,6 +339,24 @@ func (p *Pipeline) closeInputs() {
 }
 
 // Inputs lists the open inputs' socket strings.
+// NotReady lists the inputs that cannot take events now, one line each
+// ("input tcp:127.0.0.1:8091: cannot accept connections: … too many open
+// files"), for /readyz.
+func (p *Pipeline) NotReady() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var out []string
+	for name, ri := range p.inputs {
+		if r, ok := ri.in.(interface{ NotReady() string }); ok {
+			if why := r.NotReady(); why != "" {
+				out = append(out, "input "+name+": "+why)
+			}
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
 // InputStatus is one input as the status shows it.
 type InputStatus struct {
 	Listen   string `json:"listen"`

@@ -175,6 +175,7 @@ func (d *daemon) run(ctx context.Context, cfg *Config) error {
 	}
 	d.pipe = pipe
 	d.subs = newSubscriptions(d.reg, d.log)
+	d.addPart(nil, pipe.NotReady)
 	d.addPart(nil, func() []string {
 		var out []string
 		for _, st := range d.subs.states() {
