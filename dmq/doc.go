@@ -3,9 +3,9 @@
 // node list (notification_peer), and peers that mirror or observe what the
 // Kamailio nodes replicate (htable, usrloc, dialog).
 //
-// Everything here follows what Kamailio 5.6.3 does on the wire, as recorded in
-// shared/protocol/kamailio (README §1 and the dmq-0*.txt captures), not what
-// its documentation says where the two differ.
+// Everything here follows what Kamailio 5.6.3 does on the wire, as recorded
+// from a real bus (testdata/wire holds the exact payloads), not what its
+// documentation says where the two differ.
 //
 // Two facts shape the design more than any other:
 //   - Receivers never relay. A change made here is broadcast by this node to

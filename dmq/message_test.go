@@ -10,7 +10,7 @@ import (
 )
 
 // wireFiles returns the exact payloads recorded from a Kamailio 5.6.3 bus
-// (testdata/wire, cut from shared/protocol/kamailio/captures).
+// (testdata/wire, cut from recordings of a real bus).
 func wireFiles(t testing.TB) map[string][]byte {
 	t.Helper()
 	paths, err := filepath.Glob("testdata/wire/*.sip")

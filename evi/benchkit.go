@@ -13,9 +13,9 @@ import (
 	"github.com/sipside/sipside/internal/metrics"
 )
 
-// BenchPayload is a REGISTER's E_UL_CONTACT_INSERT as OpenSIPS 3.6.8 sent
-// it (shared/protocol/opensips/captures): what `sipside bench` and the Go
-// benchmarks send.
+// BenchPayload is a REGISTER's E_UL_CONTACT_INSERT as a real OpenSIPS 3.6.8
+// sent it (testdata/opensips-event-datagrams.txt has the others): what
+// `sipside bench` and the Go benchmarks send.
 var BenchPayload = []byte(`{"jsonrpc":"2.0","method":"E_UL_CONTACT_INSERT","params":{"domain":"location","aor":"alice","uri":"sip:alice@127.0.0.1:5099","received":null,"path":null,"qval":-1,"user_agent":"sipside-lab","socket":"udp:127.0.0.1:5060","bflags":0,"expires":1795745246,"callid":"b5a0c3e2-4e8a-4f0c","cseq":1,"attr":"","latency":0,"shtag":""}}`)
 
 // BenchResult is one measured run of a path.

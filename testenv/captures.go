@@ -7,7 +7,7 @@ import (
 )
 
 // PyBytes decodes a Python bytes repr such as b'{"a":"\\n"}\n', the form in
-// which the captures under shared/protocol/ record exact wire bytes.
+// which the recordings of a real OpenSIPS and Kamailio keep exact wire bytes.
 func PyBytes(s string) ([]byte, error) {
 	s = strings.TrimSpace(s)
 	if len(s) < 3 || (!strings.HasPrefix(s, "b'") && !strings.HasPrefix(s, `b"`)) {
