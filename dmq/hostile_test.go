@@ -1,7 +1,6 @@
 package dmq
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"log/slog"
@@ -9,11 +8,11 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/sipside/sipside/internal/metrics"
+	"github.com/sipside/sipside/testenv"
 )
 
 // fakePeer is a DMQ "node" on its own UDP socket: it answers every request
@@ -99,38 +98,10 @@ func nodeLines(n, offset int) string {
 	return b.String()
 }
 
-// logCounter counts log lines containing a substring.
-type logCounter struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logCounter) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logCounter) count(substr string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return strings.Count(l.buf.String(), substr)
-}
-
-func (l *logCounter) longest() int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	m := 0
-	for _, line := range strings.Split(l.buf.String(), "\n") {
-		m = max(m, len(line))
-	}
-	return m
-}
-
 // startLoggedNode is startNode with the log kept for counting.
-func startLoggedNode(t *testing.T, cfg Config) (*goNode, *logCounter) {
+func startLoggedNode(t *testing.T, cfg Config) (*goNode, *testenv.Buffer) {
 	t.Helper()
-	logs := &logCounter{}
+	logs := &testenv.Buffer{}
 	g := &goNode{reg: metrics.New(), events: &recorder{}, done: make(chan error, 1)}
 	n, err := New(cfg, Options{
 		Logger:   slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelInfo})),
@@ -203,10 +174,10 @@ func TestNodeListFlood(t *testing.T) {
 		t.Errorf("after the flood: answer %q", firstLine(r))
 	}
 	// One log line per reason and source and second, not one per line.
-	if n := logs.count("dmq: node status"); n > 40 {
+	if n := logs.Count("dmq: node status"); n > 40 {
 		t.Errorf("%d node status lines for a flood", n)
 	}
-	if n := logs.count("reason=foreign_node_line"); n > 10 {
+	if n := logs.Count("reason=foreign_node_line"); n > 10 {
 		t.Errorf("%d foreign_node_line log lines for 10 bodies", n)
 	}
 }
@@ -318,10 +289,10 @@ func TestStrangersRefused(t *testing.T) {
 		stranger.request(t, self, ChannelHTable, stranger.addr, `not json `+strings.Repeat("x", 14000))
 	}
 	secs := int(time.Since(start)/time.Second) + 1
-	if n := logs.count("reason=not_from_node"); n > 4+secs {
+	if n := logs.Count("reason=not_from_node"); n > 4+secs {
 		t.Errorf("%d not_from_node lines in %d s", n, secs)
 	}
-	if n := logs.longest(); n > 2048 {
+	if n := logs.Longest(); n > 2048 {
 		t.Errorf("a log line of %d bytes", n)
 	}
 	if g.metrics.logSuppressed.With().Value() == 0 {

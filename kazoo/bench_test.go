@@ -182,47 +182,10 @@ func publishPaths(b *testing.B, callers int) (rpc, api, raw func(i, j int) error
 func BenchmarkQueryBaseline(b *testing.B) {
 	u := brokerURL(b)
 	startResponder(b, u, "bench.q", &responder{})
-	conn, err := amqp.Dial(u)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer conn.Close()
-	ch, _ := conn.Channel()
-	replies, err := ch.Consume(rabbitDirectReplyTo, "", true, false, false, false, nil)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var mu sync.Mutex
-	waiters := map[string]chan struct{}{}
-	go func() {
-		for d := range replies {
-			mu.Lock()
-			w := waiters[d.CorrelationId]
-			delete(waiters, d.CorrelationId)
-			mu.Unlock()
-			if w != nil {
-				close(w)
-			}
-		}
-	}()
+	call := queryBaseline(b, u)
 	for _, callers := range []int{1, 16, 128} {
 		b.Run("amqp091/callers="+strconv.Itoa(callers), func(b *testing.B) {
-			closedLoop(b, callers, func(int, int) error {
-				id := newUUID()
-				w := make(chan struct{})
-				mu.Lock()
-				waiters[id] = w
-				mu.Unlock()
-				if err := ch.Publish(testExchange, "bench.q", false, false, amqp.Publishing{ReplyTo: rabbitDirectReplyTo, CorrelationId: id, Body: []byte(`{"q":"x"}`)}); err != nil {
-					return err
-				}
-				select {
-				case <-w:
-					return nil
-				case <-time.After(10 * time.Second):
-					return errors.New("no reply")
-				}
-			})
+			closedLoop(b, callers, call)
 		})
 	}
 }

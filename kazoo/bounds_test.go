@@ -9,7 +9,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -199,28 +198,10 @@ func counterValue(t *testing.T, reg interface {
 	return -1
 }
 
-// syncBuffer is a log sink the test reads while the bridge writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // A flood of broken frames and refused connections is counted one by one
 // and logged at most once a second per reason and source.
 func TestRefusalsLoggedAtBoundedRate(t *testing.T) {
-	var logs syncBuffer
+	var logs testenv.Buffer
 	b, reg := startBridge(t, brokerURL(t), func(c *Config) { c.JSONRPC.MaxConns = 4 },
 		Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	addrs := b.Addrs()

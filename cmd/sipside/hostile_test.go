@@ -263,6 +263,37 @@ ping_interval = "5s"
 	}
 }
 
+// runOutOfFDs runs sipside on cfg with 64 file descriptors, holds idle
+// connections to addr until the daemon logs want (accept failing with
+// EMFILE), then closes them: what the caller checks next is recovery.
+func runOutOfFDs(t *testing.T, cfg, addr, want string) *daemonProc {
+	t.Helper()
+	// ulimit -n sets the hard limit too, so the Go runtime cannot raise it.
+	cmd := exec.Command("sh", "-c", `ulimit -n 64 && exec "$0" "$@"`, sipsideBinary(t), "run", "-c", cfg)
+	d := startDaemonCmd(t, cmd)
+	checkFor(t, 20*time.Second, "the listener", func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+	var conns []net.Conn
+	for i := 0; i < 200 && !strings.Contains(d.stderr.String(), want); i++ {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err != nil {
+			break
+		}
+		conns = append(conns, c)
+		time.Sleep(5 * time.Millisecond)
+	}
+	d.waitLog(t, want)
+	for _, c := range conns {
+		c.Close()
+	}
+	return d
+}
+
 // The tcp input out of file descriptors: sipside runs with RLIMIT_NOFILE
 // lowered, idle connections exhaust it, accept fails with EMFILE; once they
 // close, the input takes connections again and a reliable-mode event is
@@ -281,36 +312,8 @@ max_conns = 10000
 [[route]]
 to = "stdout:"
 `, port)), 0o644)
-	// ulimit -n sets the hard limit too, so the Go runtime cannot raise it.
-	cmd := exec.Command("sh", "-c", `ulimit -n 64 && exec "$0" "$@"`, sipsideBinary(t), "run", "-c", cfg)
-	d := startDaemonCmd(t, cmd)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	checkFor(t, 10*time.Second, "the tcp input", func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for i := 0; i < 200 && !strings.Contains(d.stderr.String(), "too many open files"); i++ {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			break
-		}
-		conns = append(conns, c)
-		time.Sleep(5 * time.Millisecond)
-	}
-	d.waitLog(t, "too many open files")
-	for _, c := range conns {
-		c.Close()
-	}
-	conns = nil
+	d := runOutOfFDs(t, cfg, addr, "too many open files")
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,35 +34,7 @@ brokers = [%q]
 listen = ["netstring:%s"]
 max_conns = 10000
 `, testenv.FreePort(t, "udp", "127.0.0.1"), rmq.URL, addr)), 0o644)
-	// ulimit -n sets the hard limit too, so the Go runtime cannot raise it.
-	cmd := exec.Command("sh", "-c", `ulimit -n 64 && exec "$0" "$@"`, sipsideBinary(t), "run", "-c", cfg)
-	d := startDaemonCmd(t, cmd)
-	checkFor(t, 20*time.Second, "the netstring listener", func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	})
-	var conns []net.Conn
-	defer func() {
-		for _, c := range conns {
-			c.Close()
-		}
-	}()
-	for i := 0; i < 200 && !strings.Contains(d.stderr.String(), "too many open files"); i++ {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
-		if err != nil {
-			break
-		}
-		conns = append(conns, c)
-		time.Sleep(5 * time.Millisecond)
-	}
-	d.waitLog(t, "JSON-RPC accept failed")
-	for _, c := range conns {
-		c.Close()
-	}
-	conns = nil
+	d := runOutOfFDs(t, cfg, addr, "JSON-RPC accept failed")
 	var reply string
 	checkFor(t, 10*time.Second, "a reply after EMFILE", func() bool {
 		c, err := net.Dial("tcp", addr)

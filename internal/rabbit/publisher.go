@@ -304,26 +304,34 @@ func (p *Publisher) current(ctx context.Context) (*pubChannel, error) {
 		if p.opts.FailFast && !p.m.live() {
 			return nil, fmt.Errorf("%w: the broker connection is down", ErrNotConnected)
 		}
-		// Wake on a new channel, or poll: a session that died may not have been
-		// replaced yet and nobody closes changed for its death.
-		t := time.NewTimer(20 * time.Millisecond)
-		select {
-		case <-changed:
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("%w: %w", ErrNotConnected, context.Cause(ctx))
-		}
-		t.Stop()
-		if p.m.Current() == nil {
-			p.m.mu.Lock()
-			stopped := p.m.stopped
-			p.m.mu.Unlock()
-			if stopped {
-				return nil, ErrClosed
-			}
+		if err := p.m.waitChange(ctx, changed); err != nil {
+			return nil, err
 		}
 	}
+}
+
+// waitChange waits for changed to close (a channel owner's new channel), or
+// a poll interval: a session that died may not have been replaced yet and
+// nobody closes changed for its death. It fails when ctx ends or the
+// manager has stopped.
+func (m *Manager) waitChange(ctx context.Context, changed <-chan struct{}) error {
+	t := time.NewTimer(20 * time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-changed:
+	case <-t.C:
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrNotConnected, context.Cause(ctx))
+	}
+	if m.Current() == nil {
+		m.mu.Lock()
+		stopped := m.stopped
+		m.mu.Unlock()
+		if stopped {
+			return ErrClosed
+		}
+	}
+	return nil
 }
 
 // Publish sends msg with mandatory set and returns once the broker confirmed it: nil

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -152,22 +151,8 @@ func (r *Requester) current(ctx context.Context) (*reqChannel, error) {
 				return rc, nil
 			}
 		}
-		t := time.NewTimer(20 * time.Millisecond)
-		select {
-		case <-changed:
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return nil, fmt.Errorf("%w: %w", ErrNotConnected, context.Cause(ctx))
-		}
-		t.Stop()
-		if r.m.Current() == nil {
-			r.m.mu.Lock()
-			stopped := r.m.stopped
-			r.m.mu.Unlock()
-			if stopped {
-				return nil, ErrClosed
-			}
+		if err := r.m.waitChange(ctx, changed); err != nil {
+			return nil, err
 		}
 	}
 }
