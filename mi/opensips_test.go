@@ -77,7 +77,7 @@ func TestOpenSIPS(t *testing.T) {
 			defer ev.Close()
 			sock := "udp:" + ev.LocalAddr().String()
 			for _, tc := range []miCase{
-				{name: "no params", method: "version", want: `{"Server":"OpenSIPS (3.6.8 (x86_64/linux))"}`},
+				{name: "no params", method: "version", want: `{"Server":"` + withHTTPFIFO.Version() + `"}`},
 				{name: "list result", method: "which", want: `["get_statistics","list_statistics",...`},
 				{name: "positional", method: "event_subscribe", params: []any{"E_MY_EVENT", sock, 120}, want: `"OK"`},
 				{name: "named", method: "event_subscribe", params: Named{{"event", "E_LAB_TICK"}, {"socket", sock}, {"expire", 60}}, want: `"OK"`},
