@@ -28,3 +28,32 @@ func (o *OpenSIPSServer) Version() string {
 	}
 	return string(v.GetStringBytes("Server"))
 }
+
+// EventIDs is events_list of the running OpenSIPS (name -> id), or the emulator's, which is
+// the recorded 3.6.8 lab's. The ids depend on the release and the modules loaded: OpenSIPS
+// 3.4 and 3.5 have no E_FLATSTORE_ROTATION, so every later event's id is one lower there.
+func (o *OpenSIPSServer) EventIDs() map[string]int {
+	o.t.Helper()
+	ids := map[string]int{}
+	if o.real == nil {
+		o.emu.mu.Lock()
+		defer o.emu.mu.Unlock()
+		for i, name := range o.emu.events {
+			ids[name] = i
+		}
+		return ids
+	}
+	res, err := o.real.call("events_list", nil, 5*time.Second)
+	if err != nil {
+		o.t.Fatalf("testenv: OpenSIPS MI events_list: %v", err)
+	}
+	var p fastjson.Parser
+	v, err := p.ParseBytes(res)
+	if err != nil {
+		o.t.Fatalf("testenv: OpenSIPS MI events_list: %q: %v", res, err)
+	}
+	for _, ev := range v.GetArray("Events") {
+		ids[string(ev.GetStringBytes("name"))] = ev.GetInt("id")
+	}
+	return ids
+}

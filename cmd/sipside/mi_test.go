@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -90,7 +91,7 @@ func TestCmdMIOpenSIPS(t *testing.T) {
 	}{
 		{name: "version", args: []string{"-t", target, "version"}, stdout: versionOut},
 		{name: "named subscribe", args: []string{"-t", target, "event_subscribe", "event=E_PIKE_BLOCKED", "socket=udp:127.0.0.1:8090", "expire=120"}, stdout: "\"OK\"\n"},
-		{name: "target from SIPSIDE_MI", env: map[string]string{"SIPSIDE_MI": target}, args: []string{"subscribers_list", "E_PIKE_BLOCKED", "udp:127.0.0.1:8090"}, stdout: "{\n  \"Event\": {\n    \"name\": \"E_PIKE_BLOCKED\",\n    \"id\": 16,\n    \"Subscriber\": {\n      \"socket\": \"udp:127.0.0.1:8090\",\n      \"expire\": 120,\n      \"ttl\": 120\n    }\n  }\n}\n"},
+		{name: "target from SIPSIDE_MI", env: map[string]string{"SIPSIDE_MI": target}, args: []string{"subscribers_list", "E_PIKE_BLOCKED", "udp:127.0.0.1:8090"}, stdout: "{\n  \"Event\": {\n    \"name\": \"E_PIKE_BLOCKED\",\n    \"id\": " + strconv.Itoa(o.EventIDs()["E_PIKE_BLOCKED"]) + ",\n    \"Subscriber\": {\n      \"socket\": \"udp:127.0.0.1:8090\",\n      \"expire\": 120,\n      \"ttl\": 120\n    }\n  }\n}\n"},
 		{name: "target from config", args: []string{"-c", cfg, "--params", `["E_PIKE_BLOCKED","udp:127.0.0.1:8090",0]`, "event_subscribe"}, stdout: "\"OK\"\n"},
 		{name: "-t beats SIPSIDE_MI", env: map[string]string{"SIPSIDE_MI": "opensips:udp:" + closed}, args: []string{"-t", target, "version"}, stdout: versionOut},
 		{name: "proxy error", args: []string{"-t", target, "no_such_cmd"}, code: 1, stderrPart: "sipside mi: no_such_cmd: -32601 Method not found"},
