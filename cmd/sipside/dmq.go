@@ -120,6 +120,9 @@ func cmdDMQ(ctx context.Context, e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "sipside dmq: %v\n", err)
 		return exitUsage
 	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(e.stderr, "sipside dmq: warning: %s\n", w)
+	}
 	if cmd == "watch" {
 		return dmqWatch(ctx, e, cfg, f.verbose)
 	}
