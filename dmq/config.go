@@ -183,6 +183,24 @@ func (c Config) Check(p *config.Problems) {
 	}
 }
 
+// Warnings are what Validate lets through but a bus may not: a seed on the listen
+// address's IP (another port). Kamailio 5.6 and 5.7 tell nodes apart by URI; 5.8 and
+// later (dmq's find_dmq_node_ip) take an unknown URI with a known IP for the node of
+// that IP, so such a sipside node never joins their bus.
+func (c Config) Warnings() []string {
+	self, err := ParseNodeAddr(c.Listen)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, s := range c.Seeds {
+		if a, err := ParseNodeAddr(s); err == nil && a.Host == self.Host && a != self {
+			out = append(out, fmt.Sprintf("dmq.listen %q shares its IP with seed %q: Kamailio 5.8 and later take a node on a known node's IP for that node and never add it; give sipside an IP of its own", c.Listen, s))
+		}
+	}
+	return out
+}
+
 // Options are what the daemon hands a node besides its configuration.
 type Options struct {
 	Logger  *slog.Logger

@@ -76,3 +76,26 @@ timeout = "10s"
 		t.Fatalf("decoded %+v", c)
 	}
 }
+
+// A seed on the listen IP is valid (Kamailio 5.6 and 5.7 join such a node) but warned
+// about: 5.8 and later never add it (find_dmq_node_ip).
+func TestConfigWarnings(t *testing.T) {
+	for _, tc := range []struct {
+		listen string
+		seeds  []string
+		warn   bool
+	}{
+		{"sip:127.0.0.1:5090", []string{"sip:127.0.0.2:5060"}, false},
+		{"sip:127.0.0.1:5090", []string{"sip:127.0.0.2:5060", "sip:127.0.0.1:5060"}, true},
+		{"sip:10.0.0.5:5090", []string{"sip:10.0.0.5:5060;transport=tcp"}, true},
+	} {
+		c := Config{Listen: tc.listen, Seeds: tc.seeds}
+		if err := c.Validate(); err != nil {
+			t.Errorf("%s %v: Validate: %v", tc.listen, tc.seeds, err)
+		}
+		w := c.Warnings()
+		if (len(w) > 0) != tc.warn || (tc.warn && !strings.Contains(w[0], "5.8")) {
+			t.Errorf("%s %v: warnings %q, want some: %v", tc.listen, tc.seeds, w, tc.warn)
+		}
+	}
+}

@@ -195,18 +195,35 @@ type goNode struct {
 	done   chan error
 }
 
-// nodePort returns a port free for UDP and TCP on 127.0.0.1, below the
-// ephemeral range so that no outgoing connection of another node (or of the
-// node itself) can be holding it by the time the node binds.
-func nodePort(t *testing.T) int {
+// nodeIPs hands each sipside node of a test binary a loopback address of its own.
+// Kamailio 5.8 and later take a node-list line whose URI they do not know but whose IP
+// is a known node's (their own included) for that node (dmq's find_dmq_node_ip), so a
+// sipside node on a Kamailio node's IP, or two sipside nodes on one IP, never join.
+var nodeIPs struct {
+	sync.Mutex
+	n int
+}
+
+// nodeAddr is the next of 127.0.1.1-250, never one of the Kamailio nodes' 127.0.0.x.
+func nodeAddr() string {
+	nodeIPs.Lock()
+	defer nodeIPs.Unlock()
+	nodeIPs.n = nodeIPs.n%250 + 1
+	return "127.0.1." + strconv.Itoa(nodeIPs.n)
+}
+
+// nodePort returns a port free for UDP and TCP on ip, below the ephemeral range so
+// that no outgoing connection of another node (or of the node itself) can be holding
+// it by the time the node binds.
+func nodePort(t *testing.T, ip string) int {
 	t.Helper()
 	for range 100 {
 		p := 20000 + mrand.IntN(12000)
-		u, err := net.ListenPacket("udp", "127.0.0.1:"+strconv.Itoa(p))
+		u, err := net.ListenPacket("udp", net.JoinHostPort(ip, strconv.Itoa(p)))
 		if err != nil {
 			continue
 		}
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		l, err := net.Listen("tcp", net.JoinHostPort(ip, strconv.Itoa(p)))
 		u.Close()
 		if err != nil {
 			continue
@@ -214,14 +231,14 @@ func nodePort(t *testing.T) int {
 		l.Close()
 		return p
 	}
-	t.Fatal("no port free for udp and tcp in 20000-32000 on 127.0.0.1")
+	t.Fatalf("no port free for udp and tcp in 20000-32000 on %s", ip)
 	return 0
 }
 
 func testConfig(t *testing.T, seeds ...string) Config {
-	port := nodePort(t)
+	ip := nodeAddr()
 	return Config{
-		Listen:       "sip:127.0.0.1:" + strconv.Itoa(port),
+		Listen:       "sip:" + net.JoinHostPort(ip, strconv.Itoa(nodePort(t, ip))),
 		Seeds:        seeds,
 		PingInterval: config.Duration(time.Second),
 		T1:           config.Duration(100 * time.Millisecond),

@@ -24,7 +24,8 @@ import (
 	"time"
 )
 
-// KamailioModulesDir is where Debian's kamailio packages put the modules.
+// KamailioModulesDir is where Debian's kamailio packages put the modules, the fallback when
+// the binary does not say where its modules are (see FindKamailio).
 const KamailioModulesDir = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 
 // kamailioInstall is the command that installs everything the templates of this repository load.
@@ -180,7 +181,7 @@ func NewKamailio(t testing.TB, cfg KamailioConfig) *Kamailio {
 	defer cancel()
 	k, err := StartKamailio(ctx, cfg)
 	if errors.Is(err, ErrNotInstalled) {
-		Missing(t, "kamailio ("+err.Error()+")", kamailioInstall)
+		Missing(t, "kamailio ("+err.Error()+")", kamailioHowTo)
 	}
 	if err != nil {
 		t.Fatalf("testenv: %v", err)
@@ -198,13 +199,11 @@ var loadmoduleRE = regexp.MustCompile(`(?m)^\s*loadmodule\s+"([^"/]+?)(\.so)?"`)
 // StartKamailio renders the template into a new temp dir, starts `kamailio -DD -E -f cfg` and
 // returns once jsonrpcs over HTTP answers core.version. Without a deadline in ctx it waits 30 s.
 func StartKamailio(ctx context.Context, cfg KamailioConfig) (*Kamailio, error) {
-	bin, err := exec.LookPath("kamailio")
+	build, err := FindKamailio()
 	if err != nil {
-		bin = "/usr/sbin/kamailio"
-		if _, err := os.Stat(bin); err != nil {
-			return nil, fmt.Errorf("kamailio binary not in PATH nor at %s: %w", bin, ErrNotInstalled)
-		}
+		return nil, err
 	}
+	bin := build.Bin
 	if cfg.Name == "" {
 		cfg.Name = "kamailio"
 	}
@@ -232,7 +231,7 @@ func StartKamailio(ctx context.Context, cfg KamailioConfig) (*Kamailio, error) {
 		Dir:        dir,
 		Config:     filepath.Join(dir, "kamailio.cfg"),
 		Log:        filepath.Join(dir, "kamailio.log"),
-		ModulesDir: KamailioModulesDir,
+		ModulesDir: build.ModulesDir,
 		Vars:       cfg.Vars,
 		args:       append([]string{bin, "-DD", "-E", "-f", filepath.Join(dir, "kamailio.cfg")}, cfg.Args...),
 		client:     &http.Client{Transport: &http.Transport{DisableKeepAlives: true}},
@@ -258,7 +257,7 @@ func StartKamailio(ctx context.Context, cfg KamailioConfig) (*Kamailio, error) {
 			k.removeDir()
 			return nil, fmt.Errorf("kamailio %s: write config: %w", k.Name, err)
 		}
-		if err := checkModules(k.ModulesDir, buf.String()); err != nil {
+		if err := checkModules(k.ModulesDir, buf.String(), build.Env); err != nil {
 			k.removeDir()
 			return nil, fmt.Errorf("kamailio %s: %w", k.Name, err)
 		}
@@ -300,9 +299,14 @@ func (k *Kamailio) pickPorts() error {
 	}
 }
 
-func checkModules(mpath, cfg string) error {
+// checkModules reports the first module cfg loads that mpath lacks, with the Debian package
+// that has it, or, for a build of one's own (KAMAILIO_BIN), the module to build.
+func checkModules(mpath, cfg string, ownBuild bool) error {
 	for _, m := range loadmoduleRE.FindAllStringSubmatch(cfg, -1) {
 		if _, err := os.Stat(filepath.Join(mpath, m[1]+".so")); err != nil {
+			if ownBuild {
+				return fmt.Errorf("module %s.so not found in %s (KAMAILIO_BIN's build; build it with include_modules, or set KAMAILIO_MODULES): %w", m[1], mpath, ErrNotInstalled)
+			}
 			pkg := kamailioModulePackages[m[1]]
 			if pkg == "" {
 				pkg = "kamailio"
@@ -438,6 +442,14 @@ func (e *RPCError) Error() string {
 // answer is returned as *RPCError.
 func (k *Kamailio) RPC(ctx context.Context, method string, params ...any) ([]byte, error) {
 	return k.rpcHTTP(ctx, method, params)
+}
+
+// Version is the node's core.version answer as raw JSON (a string with Kamailio's trailing
+// space), for tests that check what sipside reports against the proxy actually running
+// rather than the release they were written on.
+func (k *Kamailio) Version(ctx context.Context) (string, error) {
+	b, err := k.rpcHTTP(ctx, "core.version", nil)
+	return string(b), err
 }
 
 // RPCOver is RPC over one transport: "http", "udp" (datagram socket) or "fifo". Without a

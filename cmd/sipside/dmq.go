@@ -111,6 +111,9 @@ func cmdDMQ(ctx context.Context, e *env, args []string) int {
 	if err := cfg.Validate(); err != nil {
 		return usageError(e, fs.Name(), help, "%v", err)
 	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(e.stderr, "sipside dmq: warning: %s\n", w)
+	}
 	if cmd == "watch" {
 		return dmqWatch(ctx, e, cfg, f.verbose)
 	}

@@ -15,6 +15,9 @@ import (
 // event (E_DMQ_*) in the pipeline, so routes can ship it anywhere.
 func (d *daemon) startDMQ(cfg *Config, pipe *evi.Pipeline) (*dmq.Node, error) {
 	source := "dmq:" + cfg.DMQ.Listen
+	for _, w := range cfg.DMQ.Warnings() {
+		d.log.Warn("config: " + w)
+	}
 	node, err := dmq.New(cfg.DMQ, dmq.Options{Logger: d.log, Metrics: d.reg,
 		OnChange: func(name string, params []byte) {
 			pipe.Accept(&evi.Event{Name: name, Params: params, Received: time.Now(), Source: source})

@@ -19,9 +19,7 @@ func TestLabScenario(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts RabbitMQ and two Kamailio nodes")
 	}
-	if _, err := exec.LookPath("kamailio"); err != nil {
-		testenv.Missing(t, "kamailio", "apt-get install kamailio kamailio-extra-modules")
-	}
+	testenv.NeedKamailio(t)
 	if _, err := exec.LookPath("rabbitmqctl"); err != nil {
 		testenv.Missing(t, "rabbitmq-server", "apt-get install rabbitmq-server")
 	}

@@ -269,7 +269,6 @@ modparam("usrloc", "db_mode", 0)
 modparam("dmq_usrloc", "enable", 1)
 modparam("dmq_usrloc", "sync", 1)
 modparam("dialog", "enable_dmq", 1)
-modparam("dialog", "dlg_flag", 4)
 modparam("evapi", "bind_addr", "{{.Addr}}:{{.Vars.evapi}}")
 modparam("evapi", "netstring_format", 1)
 modparam("evapi", "workers", 1)
@@ -313,7 +312,7 @@ request_route {
 	# A call to a registered user: tracked by the dialog module, which
 	# replicates it over DMQ to the peer node and to sipside.
 	if (is_method("INVITE") && !has_totag()) {
-		setflag(4);
+		dlg_manage();
 		record_route();
 		if (!lookup("location")) {
 			sl_send_reply("404", "Not Found");
