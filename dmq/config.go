@@ -1,6 +1,7 @@
 package dmq
 
 import (
+	"fmt"
 	"log/slog"
 	"net/netip"
 	"slices"
