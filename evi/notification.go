@@ -70,17 +70,14 @@ func parseObject(b []byte, eventKey bool) (Notification, int, error) {
 		return n, end, fmt.Errorf("not a JSON-RPC notification: a JSON %s, want an object", kindOf(b[i]))
 	}
 	i++
-	var seenVersion bool
-	var version []byte
-	first := true
-	for {
+	var version []byte // the "jsonrpc" member's value; nil when there is none
+	for first := true; ; first = false {
 		i = skipWS(b, i)
 		if i == len(b) {
 			return n, i, ErrIncomplete
 		}
 		if b[i] == '}' && first {
-			i++
-			break
+			return n, i + 1, n.complete(version)
 		}
 		if !first {
 			switch b[i] {
@@ -90,79 +87,94 @@ func parseObject(b []byte, eventKey bool) (Notification, int, error) {
 					return n, i, ErrIncomplete
 				}
 			case '}':
-				i++
-				goto done
+				return n, i + 1, n.complete(version)
 			default:
 				return n, i, fmt.Errorf("offset %d: want ',' or '}' after a member, got %q", i, b[i])
 			}
 		}
-		first = false
-		if b[i] != '"' {
-			return n, i, fmt.Errorf("offset %d: want a member name, got %q", i, b[i])
-		}
-		kstart := i
-		kend, err := skipString(b, i)
+		key, val, end, err := readMember(b, i)
 		if err != nil {
+			return n, end, err
+		}
+		i = end
+		if eventKey && string(key) == "event" {
+			key = methodKey
+		}
+		if err := n.set(key, val, &version); err != nil {
 			return n, i, err
-		}
-		key := b[kstart+1 : kend-1]
-		i = skipWS(b, kend)
-		if i == len(b) {
-			return n, i, ErrIncomplete
-		}
-		if b[i] != ':' {
-			return n, i, fmt.Errorf("offset %d: want ':' after member name, got %q", i, b[i])
-		}
-		i = skipWS(b, i+1)
-		if i == len(b) {
-			return n, i, ErrIncomplete
-		}
-		vstart := i
-		vend, err := skipValue(b, i, 1)
-		if err != nil {
-			return n, i, err
-		}
-		val := b[vstart:vend]
-		i = vend
-		k := string(key)
-		if eventKey && k == "event" {
-			k = "method"
-		}
-		switch k {
-		case "method":
-			if n.Method != nil {
-				return n, i, errors.New("duplicate \"method\" member")
-			}
-			if val[0] != '"' {
-				return n, i, fmt.Errorf("\"method\" is a JSON %s, want a string", kindOf(val[0]))
-			}
-			n.Method = val
-		case "params":
-			if n.Params != nil {
-				return n, i, errors.New("duplicate \"params\" member")
-			}
-			if val[0] != '{' && val[0] != '[' {
-				return n, i, fmt.Errorf("\"params\" is a JSON %s, want an object or an array", kindOf(val[0]))
-			}
-			n.Params = val
-		case "id":
-			n.ID = val
-		case "jsonrpc":
-			seenVersion = true
-			version = val
 		}
 	}
-done:
+}
+
+var methodKey = []byte("method")
+
+// readMember reads one "name": value pair starting at b[i], the opening quote.
+func readMember(b []byte, i int) (key, val []byte, end int, err error) {
+	if b[i] != '"' {
+		return nil, nil, i, fmt.Errorf("offset %d: want a member name, got %q", i, b[i])
+	}
+	kend, err := skipString(b, i)
+	if err != nil {
+		return nil, nil, i, err
+	}
+	key = b[i+1 : kend-1]
+	i = skipWS(b, kend)
+	if i == len(b) {
+		return nil, nil, i, ErrIncomplete
+	}
+	if b[i] != ':' {
+		return nil, nil, i, fmt.Errorf("offset %d: want ':' after member name, got %q", i, b[i])
+	}
+	i = skipWS(b, i+1)
+	if i == len(b) {
+		return nil, nil, i, ErrIncomplete
+	}
+	vend, err := skipValue(b, i, 1)
+	if err != nil {
+		return nil, nil, i, err
+	}
+	return key, b[i:vend], vend, nil
+}
+
+// set takes one member; the ones a notification does not have are skipped.
+func (n *Notification) set(key, val []byte, version *[]byte) error {
+	switch string(key) {
+	case "method":
+		if n.Method != nil {
+			return errors.New("duplicate \"method\" member")
+		}
+		if val[0] != '"' {
+			return fmt.Errorf("\"method\" is a JSON %s, want a string", kindOf(val[0]))
+		}
+		n.Method = val
+	case "params":
+		if n.Params != nil {
+			return errors.New("duplicate \"params\" member")
+		}
+		if val[0] != '{' && val[0] != '[' {
+			return fmt.Errorf("\"params\" is a JSON %s, want an object or an array", kindOf(val[0]))
+		}
+		n.Params = val
+	case "id":
+		n.ID = val
+	case "jsonrpc":
+		*version = val
+	}
+	return nil
+}
+
+// complete checks what a notification must have once its object ended.
+func (n *Notification) complete(version []byte) error {
 	if n.Method == nil {
-		return n, i, errors.New("no \"method\" member: not a JSON-RPC notification")
+		return errors.New("no \"method\" member: not a JSON-RPC notification")
 	}
 	if len(n.Method) == 2 {
-		return n, i, errors.New("empty \"method\": no event name")
+		return errors.New("empty \"method\": no event name")
 	}
-	if seenVersion && string(version) != `"2.0"` {
-		return n, i, fmt.Errorf("\"jsonrpc\" is %s, want \"2.0\"", version)
+	if version != nil && string(version) != `"2.0"` {
+		return fmt.Errorf("\"jsonrpc\" is %s, want \"2.0\"", version)
 	}
-	return n, i, nil
+	return nil
 }
 
 func kindOf(c byte) string {
