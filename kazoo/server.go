@@ -407,96 +407,117 @@ func (s *server) serveNetstring(ctx context.Context, c net.Conn) {
 		tc.SetKeepAlive(true)
 		tc.SetKeepAlivePeriod(30 * time.Second)
 	}
-	var wmu sync.Mutex
-	send := func(resp []byte) {
-		fp := framePool.Get().(*[]byte)
-		frame := netstring.Append((*fp)[:0], resp)
-		wmu.Lock()
-		// One write per frame, as the proxies read whole frames.
-		c.SetWriteDeadline(time.Now().Add(writeTimeout))
-		if _, err := c.Write(frame); err != nil {
-			c.Close()
-		}
-		wmu.Unlock()
-		// Write is done with the frame once it returns; a frame grown for a
-		// big reply is not kept, so the pool holds small buffers only.
-		if cap(frame) <= maxPooledFrame {
-			*fp = frame
-			framePool.Put(fp)
-		}
-	}
-	var wg sync.WaitGroup
-	defer wg.Wait()
 	// A caller that hangs up leaves no queries waiting for replies nobody
 	// will read; a publish it started still completes. (jsonrpcc and
 	// janssonrpcc keep their connection and never half-close it.)
 	gone := make(chan struct{})
+	nc := &netstringConn{s: s, c: c, ctx: withCallerGone(ctx, gone), sem: make(chan struct{}, maxPipelined), work: make(chan []byte)}
+	defer nc.wg.Wait()
 	defer close(gone)
-	ctx = withCallerGone(ctx, gone)
-	sem := make(chan struct{}, maxPipelined)
-	// Requests are handed to idle workers of this connection, and a new one
-	// is started only when none is idle. A goroutine per request would start
-	// on a small stack and grow it through the publish path every time;
-	// reusing workers saves that on a connection that carries a steady stream.
-	work := make(chan []byte)
-	defer close(work)
-	var idle atomic.Int32
-	handle := func(payload []byte) {
-		cctx, cancel := s.callContext(ctx)
-		resp := s.b.disp.handle(cctx, ListenNetstring, payload)
-		cancel()
-		if resp != nil {
-			send(resp)
-		}
-		<-sem
-	}
-	worker := func(payload []byte) {
-		defer wg.Done()
-		handle(payload)
-		// At most maxIdleWorkers stay: a burst of a thousand pipelined
-		// requests must not leave a thousand parked goroutines behind.
-		for idle.Add(1) <= maxIdleWorkers {
-			payload, ok := <-work
-			if !ok {
-				return
-			}
-			handle(payload)
-		}
-		idle.Add(-1)
-	}
+	defer close(nc.work)
 	r := netstring.NewReader(c, s.cfg.MaxFrame)
 	for {
 		payload, err := r.Next()
 		if err != nil {
-			switch {
-			case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
-			case errors.Is(err, netstring.ErrTooBig):
-				s.frameError(ListenNetstring, "too_big", c.RemoteAddr(), err.Error())
-				send(errorResponse(nil, CodeBusy, fmt.Sprintf("frame larger than %d bytes (jsonrpc.max_frame); closing", s.cfg.MaxFrame)))
-			case errors.Is(err, netstring.ErrMalformed):
-				s.frameError(ListenNetstring, "malformed", c.RemoteAddr(), err.Error())
-				send(errorResponse(nil, CodeParse, err.Error()+"; closing the connection (the stream is out of sync)"))
-			default:
-				s.frameError(ListenNetstring, "truncated", c.RemoteAddr(), err.Error())
-			}
+			nc.readError(err)
 			return
 		}
 		select {
-		case sem <- struct{}{}:
+		case nc.sem <- struct{}{}:
 		case <-ctx.Done():
 			return
 		}
 		// The reader reuses its buffer; the request is handled while the
 		// next one is read.
-		payload = append([]byte(nil), payload...)
-		select {
-		case work <- payload:
-			// An idle worker took it; it is no longer idle.
-			idle.Add(-1)
-		default:
-			wg.Add(1)
-			go worker(payload)
+		nc.dispatch(append([]byte(nil), payload...))
+	}
+}
+
+// netstringConn is one netstring connection: its requests run on a few reused
+// workers and are answered by id as they finish.
+type netstringConn struct {
+	s   *server
+	c   net.Conn
+	ctx context.Context
+	wmu sync.Mutex    // one frame written at a time
+	sem chan struct{} // requests in flight, at most maxPipelined
+	// Requests are handed to idle workers of this connection, and a new one
+	// is started only when none is idle. A goroutine per request would start
+	// on a small stack and grow it through the publish path every time;
+	// reusing workers saves that on a connection that carries a steady stream.
+	work chan []byte
+	idle atomic.Int32
+	wg   sync.WaitGroup
+}
+
+func (nc *netstringConn) dispatch(payload []byte) {
+	select {
+	case nc.work <- payload:
+		// An idle worker took it; it is no longer idle.
+		nc.idle.Add(-1)
+	default:
+		nc.wg.Add(1)
+		go nc.worker(payload)
+	}
+}
+
+func (nc *netstringConn) worker(payload []byte) {
+	defer nc.wg.Done()
+	nc.handle(payload)
+	// At most maxIdleWorkers stay: a burst of a thousand pipelined
+	// requests must not leave a thousand parked goroutines behind.
+	for nc.idle.Add(1) <= maxIdleWorkers {
+		payload, ok := <-nc.work
+		if !ok {
+			return
 		}
+		nc.handle(payload)
+	}
+	nc.idle.Add(-1)
+}
+
+func (nc *netstringConn) handle(payload []byte) {
+	cctx, cancel := nc.s.callContext(nc.ctx)
+	resp := nc.s.b.disp.handle(cctx, ListenNetstring, payload)
+	cancel()
+	if resp != nil {
+		nc.send(resp)
+	}
+	<-nc.sem
+}
+
+func (nc *netstringConn) send(resp []byte) {
+	fp := framePool.Get().(*[]byte)
+	frame := netstring.Append((*fp)[:0], resp)
+	nc.wmu.Lock()
+	// One write per frame, as the proxies read whole frames.
+	nc.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := nc.c.Write(frame); err != nil {
+		nc.c.Close()
+	}
+	nc.wmu.Unlock()
+	// Write is done with the frame once it returns; a frame grown for a
+	// big reply is not kept, so the pool holds small buffers only.
+	if cap(frame) <= maxPooledFrame {
+		*fp = frame
+		framePool.Put(fp)
+	}
+}
+
+// readError answers a broken frame in the stream's own framing, counts and
+// logs it; the connection then closes (the stream is out of sync).
+func (nc *netstringConn) readError(err error) {
+	s, from := nc.s, nc.c.RemoteAddr()
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, net.ErrClosed):
+	case errors.Is(err, netstring.ErrTooBig):
+		s.frameError(ListenNetstring, "too_big", from, err.Error())
+		nc.send(errorResponse(nil, CodeBusy, fmt.Sprintf("frame larger than %d bytes (jsonrpc.max_frame); closing", s.cfg.MaxFrame)))
+	case errors.Is(err, netstring.ErrMalformed):
+		s.frameError(ListenNetstring, "malformed", from, err.Error())
+		nc.send(errorResponse(nil, CodeParse, err.Error()+"; closing the connection (the stream is out of sync)"))
+	default:
+		s.frameError(ListenNetstring, "truncated", from, err.Error())
 	}
 }
 
