@@ -81,22 +81,9 @@ func cmdEvents(ctx context.Context, e *env, args []string) int {
 		return usageError(e, fs.Name(), help, "--log-level %v", err)
 	}
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: lv}))
-	var cfg evi.Config
-	for _, l := range listens {
-		cfg.Inputs = append(cfg.Inputs, evi.InputConfig{Listen: l})
-	}
-	for i, t := range tos {
-		cfg.Routes = append(cfg.Routes, evi.RouteConfig{Name: fmt.Sprintf("to%d", i+1), Events: evs, To: t})
-	}
+	cfg := eventsConfig(listens, tos, evs)
 	reg := metrics.New()
 	m := evi.NewMetrics(reg)
-	var errMu sync.Mutex
-	onFailure := func(route string, ev *evi.Event, err error) error {
-		errMu.Lock()
-		defer errMu.Unlock()
-		fmt.Fprintf(e.stderr, "%s undelivered: route=%s event=%s: %v\n", time.Now().Format(time.RFC3339), route, ev.Name, err)
-		return err
-	}
 	var subscribers []*evi.Subscriber
 	for _, target := range subs {
 		sub, err := evi.NewSubscriber(evi.SubscribeConfig{Target: target, Events: evs, Socket: listens[0], Expire: *expire}, reg, log)
@@ -110,12 +97,47 @@ func cmdEvents(ctx context.Context, e *env, args []string) int {
 	if err := cfg.Validate(); err != nil {
 		return usageError(e, fs.Name(), help, "%v", err)
 	}
-	pipe, err := evi.NewPipeline(cfg, evi.Deps{Stdin: e.stdin, Stdout: evi.LockWriter(e.stdout), Log: log, Metrics: reg}, m, onFailure)
+	pipe, err := evi.NewPipeline(cfg, evi.Deps{Stdin: e.stdin, Stdout: evi.LockWriter(e.stdout), Log: log, Metrics: reg}, m, undeliveredTo(e))
 	if err != nil {
 		fmt.Fprintf(e.stderr, "sipside events: %v\n", err)
 		return exitFailure
 	}
-	// The subscribers live as long as the pipeline, also when it cannot start.
+	if err := runWithSubscribers(ctx, pipe, subscribers); err != nil {
+		fmt.Fprintf(e.stderr, "sipside events: %v\n", err)
+		return exitFailure
+	}
+	fmt.Fprint(e.stderr, "\nsummary:\n")
+	printSummary(e, reg)
+	return exitOK
+}
+
+// eventsConfig is the pipeline of sipside events' flags: every input into
+// one route per --to.
+func eventsConfig(listens, tos, evs []string) evi.Config {
+	var cfg evi.Config
+	for _, l := range listens {
+		cfg.Inputs = append(cfg.Inputs, evi.InputConfig{Listen: l})
+	}
+	for i, t := range tos {
+		cfg.Routes = append(cfg.Routes, evi.RouteConfig{Name: fmt.Sprintf("to%d", i+1), Events: evs, To: t})
+	}
+	return cfg
+}
+
+// undeliveredTo prints every event that no backend took on e's stderr.
+func undeliveredTo(e *env) evi.FailureFunc {
+	var mu sync.Mutex
+	return func(route string, ev *evi.Event, err error) error {
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(e.stderr, "%s undelivered: route=%s event=%s: %v\n", time.Now().Format(time.RFC3339), route, ev.Name, err)
+		return err
+	}
+}
+
+// runWithSubscribers runs pipe until ctx ends, with the subscribers living as
+// long as the pipeline, also when it cannot start.
+func runWithSubscribers(ctx context.Context, pipe *evi.Pipeline, subscribers []*evi.Subscriber) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -123,16 +145,10 @@ func cmdEvents(ctx context.Context, e *env, args []string) int {
 		wg.Add(1)
 		go func() { defer wg.Done(); sub.Run(ctx) }()
 	}
-	runErr := pipe.Run(ctx, 4*time.Second)
+	err := pipe.Run(ctx, 4*time.Second)
 	cancel()
 	wg.Wait()
-	if runErr != nil {
-		fmt.Fprintf(e.stderr, "sipside events: %v\n", runErr)
-		return exitFailure
-	}
-	fmt.Fprint(e.stderr, "\nsummary:\n")
-	printSummary(e, reg)
-	return exitOK
+	return err
 }
 
 // printSummary prints the pipeline's counters, one per line, from the
