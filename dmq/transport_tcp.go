@@ -186,7 +186,14 @@ func (tt *tcpTransport) send(ctx context.Context, dst netip.AddrPort, raw []byte
 	c := tt.conns[dst]
 	tt.mu.Unlock()
 	if c == nil {
+		// From the listen address's IP, as Kamailio sends from its own
+		// socket: the nodes accept a node's claims only from its address,
+		// and on a host with several addresses (127.0.0.x in the tests)
+		// the kernel would otherwise pick another source.
 		d := net.Dialer{Timeout: 3 * time.Second}
+		if la, ok := tt.ln.Addr().(*net.TCPAddr); ok && !la.IP.IsUnspecified() {
+			d.LocalAddr = &net.TCPAddr{IP: la.IP}
+		}
 		nc, err := d.DialContext(ctx, "tcp", dst.String())
 		if err != nil {
 			return fmt.Errorf("connect to %s: %w", dst, err)
