@@ -24,250 +24,271 @@ type flow struct {
 	failures []string
 }
 
+// labRun is one pass of the scenario over a running lab.
+type labRun struct {
+	ctx    context.Context
+	st     *State
+	n      int                // messages per flow
+	tag    string             // makes this run's htable keys unique
+	before map[string]float64 // sipside's metrics before the run
+}
+
 // scenario sends traffic through the running lab and prints, per flow, how
 // much was sent and how much arrived where. It fails when anything is missing.
 func scenario(ctx context.Context, st *State, w io.Writer) error {
-	const n = 5
-	var flows []*flow
 	before, err := metrics(st.HTTP)
 	if err != nil {
 		return fmt.Errorf("sipside /metrics: %w", err)
 	}
+	r := &labRun{ctx: ctx, st: st, n: 5, tag: fmt.Sprintf("%x", rand.Uint32()), before: before}
+	reg, err := r.register()
+	if err != nil {
+		return err
+	}
+	flows := []*flow{reg, r.htableAtoB(), r.dmqCLI()}
+	if st.Wired {
+		flows = append(flows, r.mirror(), r.usrlocView(reg.sent), r.scriptPublish(), r.scriptQuery())
+	}
+	if st.BridgeTCP != "" {
+		flows = append(flows, r.opensipsJSONRPC())
+	}
+	if st.OpenSIPS != "" && raiseOpenSIPS != nil {
+		flows = append(flows, r.opensipsEvents()...)
+	}
+	if st.Wired {
+		flows = append(flows, sippCall(ctx, st, before))
+	}
+	totals, err := r.eventTotals()
+	if err != nil {
+		return err
+	}
+	return report(w, st, append(flows, totals))
+}
+
+// 1. REGISTER on each node -> evapi -> sipside -> RabbitMQ.
+func (r *labRun) register() (*flow, error) {
+	st := r.st
 	depth0, err := queueDepth(st.RabbitURL, st.Queue)
 	if err != nil {
-		return fmt.Errorf("rabbitmq: %w", err)
+		return nil, fmt.Errorf("rabbitmq: %w", err)
 	}
-
-	// 1. REGISTER on each node -> evapi -> sipside -> RabbitMQ.
 	reg := &flow{name: "Kamailio REGISTER -> evapi -> sipside -> RabbitMQ " + st.Queue}
-	for i := range n {
+	for i := range r.n {
 		for _, node := range []Node{st.NodeA, st.NodeB} {
 			reg.sent++
-			if code, err := sipRequest(ctx, node.SIP, "REGISTER", fmt.Sprintf("lab%d", i), ""); err != nil || code != 200 {
+			if code, err := sipRequest(r.ctx, node.SIP, "REGISTER", fmt.Sprintf("lab%d", i), ""); err != nil || code != 200 {
 				reg.failures = append(reg.failures, fmt.Sprintf("REGISTER lab%d at %s: %d %v", i, node.SIP, code, err))
 			}
 		}
 	}
-	waitFor(ctx, 10*time.Second, func() error {
-		d, err := queueDepth(st.RabbitURL, st.Queue)
-		if err == nil && d-depth0 < reg.sent {
-			err = fmt.Errorf("%d of %d", d-depth0, reg.sent)
+	waitQueue(r.ctx, st, st.Queue, depth0, reg)
+	return reg, nil
+}
+
+// htableGet waits until node has key = a value containing want.
+func (r *labRun) htableGet(node Node, key, want string) error {
+	return waitFor(r.ctx, 5*time.Second, func() error {
+		v, err := rpc(r.ctx, node.RPC, "htable.get", "repl", key)
+		if err == nil && !strings.Contains(v, want) {
+			err = fmt.Errorf("%s has %s", node.SIP, v)
 		}
-		reg.arrived = d - depth0
 		return err
 	})
-	flows = append(flows, reg)
+}
 
-	// 2. htable writes on A -> DMQ -> B.
+// 2. htable writes on A -> DMQ -> B.
+func (r *labRun) htableAtoB() *flow {
 	ht := &flow{name: "htable.sets on A -> DMQ -> B"}
-	run := fmt.Sprintf("%x", rand.Uint32())
-	for i := range n {
+	for i := range r.n {
 		ht.sent++
-		key := fmt.Sprintf("lab-%s-%d", run, i)
-		if _, err := rpc(ctx, st.NodeA.RPC, "htable.sets", "repl", key, "from-A"); err != nil {
+		key := fmt.Sprintf("lab-%s-%d", r.tag, i)
+		if _, err := rpc(r.ctx, r.st.NodeA.RPC, "htable.sets", "repl", key, "from-A"); err != nil {
 			ht.failures = append(ht.failures, fmt.Sprintf("htable.sets %s on A: %v", key, err))
 			continue
 		}
-		if err := waitFor(ctx, 5*time.Second, func() error {
-			v, err := rpc(ctx, st.NodeB.RPC, "htable.get", "repl", key)
-			if err == nil && !strings.Contains(v, "from-A") {
-				err = fmt.Errorf("B has %s", v)
-			}
-			return err
-		}); err != nil {
+		if err := r.htableGet(r.st.NodeB, key, "from-A"); err != nil {
 			ht.failures = append(ht.failures, fmt.Sprintf("%s not on B: %v", key, err))
 			continue
 		}
 		ht.arrived++
 	}
-	flows = append(flows, ht)
+	return ht
+}
 
-	// 3. sipside as a DMQ node: read A's write, write to both nodes.
+// 3. sipside as a DMQ node: read A's write, write to both nodes.
+func (r *labRun) dmqCLI() *flow {
+	st := r.st
 	dq := &flow{name: "sipside dmq htable get/set <-> A, B"}
 	seed := "sip:" + st.NodeA.SIP
 	listen := fmt.Sprintf("sip:127.0.0.1:%d", st.DMQCLIPort)
 	dq.sent++
-	if out, err := exec.CommandContext(ctx, st.Sipside, "dmq", "htable", "get", "--listen", listen, "--seed", seed, "repl", fmt.Sprintf("lab-%s-0", run)).CombinedOutput(); err != nil || !strings.Contains(string(out), "from-A") {
+	if out, err := exec.CommandContext(r.ctx, st.Sipside, "dmq", "htable", "get", "--listen", listen, "--seed", seed, "repl", fmt.Sprintf("lab-%s-0", r.tag)).CombinedOutput(); err != nil || !strings.Contains(string(out), "from-A") {
 		dq.failures = append(dq.failures, fmt.Sprintf("sipside dmq htable get: %v %s", err, strings.TrimSpace(string(out))))
 	} else {
 		dq.arrived++
 	}
-	key := "lab-" + run + "-sipside"
+	key := "lab-" + r.tag + "-sipside"
 	dq.sent++
-	if out, err := exec.CommandContext(ctx, st.Sipside, "dmq", "htable", "set", "--listen", listen, "--seed", seed, "repl", key, "from-sipside").CombinedOutput(); err != nil {
+	if out, err := exec.CommandContext(r.ctx, st.Sipside, "dmq", "htable", "set", "--listen", listen, "--seed", seed, "repl", key, "from-sipside").CombinedOutput(); err != nil {
 		dq.failures = append(dq.failures, fmt.Sprintf("sipside dmq htable set: %v %s", err, strings.TrimSpace(string(out))))
+		return dq
+	}
+	errA, errB := r.htableGet(st.NodeA, key, "from-sipside"), r.htableGet(st.NodeB, key, "from-sipside")
+	if errA == nil && errB == nil {
+		dq.arrived++
 	} else {
-		okA, okB := 0, 0
-		for i, node := range []Node{st.NodeA, st.NodeB} {
-			if waitFor(ctx, 5*time.Second, func() error {
-				v, err := rpc(ctx, node.RPC, "htable.get", "repl", key)
-				if err == nil && !strings.Contains(v, "from-sipside") {
-					err = fmt.Errorf("%s", v)
-				}
-				return err
-			}) == nil {
-				if i == 0 {
-					okA = 1
-				} else {
-					okB = 1
-				}
-			}
-		}
-		if okA+okB == 2 {
-			dq.arrived++
-		} else {
-			dq.failures = append(dq.failures, fmt.Sprintf("%s from sipside: on A %v, on B %v", key, okA == 1, okB == 1))
-		}
+		dq.failures = append(dq.failures, fmt.Sprintf("%s from sipside: on A %v, on B %v", key, errA == nil, errB == nil))
 	}
-	flows = append(flows, dq)
+	return dq
+}
 
-	if st.Wired {
-		// 4. sipside run's own DMQ node mirrors what the nodes write.
-		mir := &flow{name: "htable on A -> DMQ -> sipside run's mirror"}
-		mir.sent = n + 1 // the htable.sets above and the cell sipside's CLI wrote
-		waitFor(ctx, 10*time.Second, func() error {
-			m, err := metrics(st.HTTP)
-			if err != nil {
-				return err
-			}
-			got := int(sum(m, "sipside_dmq_htable_cells") - sum(before, "sipside_dmq_htable_cells"))
-			mir.arrived = min(got, mir.sent)
-			if got < mir.sent {
-				return fmt.Errorf("%d cells", got)
-			}
-			return nil
-		})
-		if mir.arrived < mir.sent {
-			mir.failures = append(mir.failures, fmt.Sprintf("sipside_dmq_htable_cells grew by %d, want %d", mir.arrived, mir.sent))
-		}
-		flows = append(flows, mir)
-
-		ul := &flow{name: "REGISTER -> dmq_usrloc -> sipside run's usrloc view", sent: reg.sent}
-		waitFor(ctx, 10*time.Second, func() error {
-			m, err := metrics(st.HTTP)
-			if err != nil {
-				return err
-			}
-			ul.arrived = min(int(sum(m, "sipside_dmq_usrloc_contacts")-sum(before, "sipside_dmq_usrloc_contacts")), ul.sent)
-			if ul.arrived < ul.sent {
-				return fmt.Errorf("%d contacts", ul.arrived)
-			}
-			return nil
-		})
-		flows = append(flows, ul)
-
-		// 5. Each node's script publishes through the bridge (janssonrpcc -> amqp.publish).
-		// janssonrpcc connects at startup and then retries with a growing
-		// pause; Kamailio started before sipside, so wait for both connections.
-		pub := &flow{name: "Kamailio script amqp.publish -> sipside bridge -> RabbitMQ"}
-		if err := waitFor(ctx, 30*time.Second, func() error {
-			m, err := metrics(st.HTTP)
-			if err == nil && sum(m, "sipside_jsonrpc_connections") < 2 {
-				err = fmt.Errorf("%.0f of 2 Kamailio nodes connected to the bridge", sum(m, "sipside_jsonrpc_connections"))
-			}
-			return err
-		}); err != nil {
-			pub.failures = append(pub.failures, err.Error())
-		}
-		d0, _ := queueDepth(st.RabbitURL, st.Queue)
-		for _, node := range []Node{st.NodeA, st.NodeB} {
-			pub.sent++
-			if code, err := sipRequest(ctx, node.SIP, "MESSAGE", "publish", st.Queue); err != nil || code != 200 {
-				pub.failures = append(pub.failures, fmt.Sprintf("MESSAGE publish at %s: %d %v", node.SIP, code, err))
-			}
-		}
-		waitFor(ctx, 5*time.Second, func() error {
-			d, err := queueDepth(st.RabbitURL, st.Queue)
-			pub.arrived = d - d0
-			if err == nil && pub.arrived < pub.sent {
-				err = fmt.Errorf("%d", pub.arrived)
-			}
-			return err
-		})
-		flows = append(flows, pub)
-
-		// 6. Each node's script queries a responder through the bridge (amqp.query).
-		qf := &flow{name: "Kamailio script amqp.query -> RabbitMQ responder -> reply"}
-		stop, err := responder(st.RabbitURL, "lab_query")
+// metricGrowth waits until sipside's family (summed) grew by want since the
+// run began, and returns the growth seen (at most want).
+func (r *labRun) metricGrowth(family string, want int) int {
+	got := 0
+	waitFor(r.ctx, 10*time.Second, func() error {
+		m, err := metrics(r.st.HTTP)
 		if err != nil {
-			qf.failures = append(qf.failures, "responder: "+err.Error())
-		} else {
-			for _, node := range []Node{st.NodeA, st.NodeB} {
-				qf.sent++
-				if code, err := sipRequest(ctx, node.SIP, "MESSAGE", "query", "lab_query"); err != nil || code != 200 {
-					qf.failures = append(qf.failures, fmt.Sprintf("MESSAGE query at %s: %d %v", node.SIP, code, err))
-				} else {
-					qf.arrived++
-				}
-			}
-			stop()
-		}
-		flows = append(flows, qf)
-	}
-
-	if st.BridgeTCP != "" {
-		// 7. The OpenSIPS jsonrpc module's way: raw JSON over a new TCP connection.
-		oj := &flow{name: "OpenSIPS-style jsonrpc_request amqp.publish -> bridge -> RabbitMQ"}
-		d0, _ := queueDepth(st.RabbitURL, st.OSQueue)
-		for i := range n {
-			oj.sent++
-			if _, err := jsonrpcRaw(ctx, st.BridgeTCP, "amqp.publish", fmt.Sprintf(`{"exchange":"","routing_key":%q,"payload":{"n":%d}}`, st.OSQueue, i)); err != nil {
-				oj.failures = append(oj.failures, err.Error())
-			}
-		}
-		waitQueue(ctx, st, st.OSQueue, d0, oj)
-		flows = append(flows, oj)
-	}
-
-	if st.OpenSIPS != "" && raiseOpenSIPS != nil {
-		// 8. OpenSIPS events over the reliable stream sipside subscribed.
-		if err := waitFor(ctx, 15*time.Second, func() error {
-			m, err := metrics(st.HTTP)
-			if err == nil && sum(m, "sipside_subscription_up") < 2 {
-				err = fmt.Errorf("%.0f of 2 subscriptions up", sum(m, "sipside_subscription_up"))
-			}
 			return err
-		}); err != nil {
-			flows = append(flows, &flow{name: "OpenSIPS subscriptions", sent: 2, failures: []string{err.Error()}})
 		}
-		oe := &flow{name: "OpenSIPS raise_event -> event_stream (reliable) -> sipside -> RabbitMQ"}
-		d0, _ := queueDepth(st.RabbitURL, st.OSQueue)
-		for i := range n {
-			oe.sent++
-			if err := raiseOpenSIPS("E_SIPSIDE_LAB", fmt.Sprintf(`{"n":%d}`, i)); err != nil {
-				oe.failures = append(oe.failures, err.Error())
-			}
+		got = min(int(sum(m, family)-sum(r.before, family)), want)
+		if got < want {
+			return fmt.Errorf("%s grew by %d", family, got)
 		}
-		waitQueue(ctx, st, st.OSQueue, d0, oe)
-		flows = append(flows, oe)
+		return nil
+	})
+	return got
+}
 
-		if st.Wired {
-			// 9. RabbitMQ -> sipside consumer -> MI raise_event -> OpenSIPS -> back to sipside.
-			oc := &flow{name: "RabbitMQ -> consumer -> OpenSIPS raise_event -> sipside -> RabbitMQ"}
-			d0, _ := queueDepth(st.RabbitURL, st.OSQueue)
-			for i := range n {
-				oc.sent++
-				if err := publish(st.RabbitURL, "lab_cmd", "route.req.lab", fmt.Sprintf(`{"n":%d}`, i)); err != nil {
-					oc.failures = append(oc.failures, err.Error())
-				}
-			}
-			waitQueue(ctx, st, st.OSQueue, d0, oc)
-			flows = append(flows, oc)
-		}
+// 4. sipside run's own DMQ node mirrors what the nodes write.
+func (r *labRun) mirror() *flow {
+	// The htable.sets above and the cell sipside's CLI wrote.
+	mir := &flow{name: "htable on A -> DMQ -> sipside run's mirror", sent: r.n + 1}
+	mir.arrived = r.metricGrowth("sipside_dmq_htable_cells", mir.sent)
+	if mir.arrived < mir.sent {
+		mir.failures = append(mir.failures, fmt.Sprintf("sipside_dmq_htable_cells grew by %d, want %d", mir.arrived, mir.sent))
 	}
+	return mir
+}
 
-	if st.Wired {
-		flows = append(flows, sippCall(ctx, st, before))
-	}
+func (r *labRun) usrlocView(registered int) *flow {
+	ul := &flow{name: "REGISTER -> dmq_usrloc -> sipside run's usrloc view", sent: registered}
+	ul.arrived = r.metricGrowth("sipside_dmq_usrloc_contacts", ul.sent)
+	return ul
+}
 
-	after, err := metrics(st.HTTP)
-	if err != nil {
+// 5. Each node's script publishes through the bridge (janssonrpcc -> amqp.publish).
+func (r *labRun) scriptPublish() *flow {
+	st := r.st
+	pub := &flow{name: "Kamailio script amqp.publish -> sipside bridge -> RabbitMQ"}
+	// janssonrpcc connects at startup and then retries with a growing
+	// pause; Kamailio started before sipside, so wait for both connections.
+	if err := waitFor(r.ctx, 30*time.Second, func() error {
+		m, err := metrics(st.HTTP)
+		if err == nil && sum(m, "sipside_jsonrpc_connections") < 2 {
+			err = fmt.Errorf("%.0f of 2 Kamailio nodes connected to the bridge", sum(m, "sipside_jsonrpc_connections"))
+		}
 		return err
+	}); err != nil {
+		pub.failures = append(pub.failures, err.Error())
 	}
+	d0, _ := queueDepth(st.RabbitURL, st.Queue)
+	for _, node := range []Node{st.NodeA, st.NodeB} {
+		pub.sent++
+		if code, err := sipRequest(r.ctx, node.SIP, "MESSAGE", "publish", st.Queue); err != nil || code != 200 {
+			pub.failures = append(pub.failures, fmt.Sprintf("MESSAGE publish at %s: %d %v", node.SIP, code, err))
+		}
+	}
+	waitQueue(r.ctx, st, st.Queue, d0, pub)
+	return pub
+}
+
+// 6. Each node's script queries a responder through the bridge (amqp.query).
+func (r *labRun) scriptQuery() *flow {
+	qf := &flow{name: "Kamailio script amqp.query -> RabbitMQ responder -> reply"}
+	stop, err := responder(r.st.RabbitURL, "lab_query")
+	if err != nil {
+		qf.failures = append(qf.failures, "responder: "+err.Error())
+		return qf
+	}
+	defer stop()
+	for _, node := range []Node{r.st.NodeA, r.st.NodeB} {
+		qf.sent++
+		if code, err := sipRequest(r.ctx, node.SIP, "MESSAGE", "query", "lab_query"); err != nil || code != 200 {
+			qf.failures = append(qf.failures, fmt.Sprintf("MESSAGE query at %s: %d %v", node.SIP, code, err))
+		} else {
+			qf.arrived++
+		}
+	}
+	return qf
+}
+
+// 7. The OpenSIPS jsonrpc module's way: raw JSON over a new TCP connection.
+func (r *labRun) opensipsJSONRPC() *flow {
+	st := r.st
+	oj := &flow{name: "OpenSIPS-style jsonrpc_request amqp.publish -> bridge -> RabbitMQ"}
+	d0, _ := queueDepth(st.RabbitURL, st.OSQueue)
+	for i := range r.n {
+		oj.sent++
+		if _, err := jsonrpcRaw(r.ctx, st.BridgeTCP, "amqp.publish", fmt.Sprintf(`{"exchange":"","routing_key":%q,"payload":{"n":%d}}`, st.OSQueue, i)); err != nil {
+			oj.failures = append(oj.failures, err.Error())
+		}
+	}
+	waitQueue(r.ctx, st, st.OSQueue, d0, oj)
+	return oj
+}
+
+// 8. OpenSIPS events over the reliable stream sipside subscribed, and 9. a
+// message consumed from RabbitMQ raised in OpenSIPS and back.
+func (r *labRun) opensipsEvents() []*flow {
+	st := r.st
+	var flows []*flow
+	if err := waitFor(r.ctx, 15*time.Second, func() error {
+		m, err := metrics(st.HTTP)
+		if err == nil && sum(m, "sipside_subscription_up") < 2 {
+			err = fmt.Errorf("%.0f of 2 subscriptions up", sum(m, "sipside_subscription_up"))
+		}
+		return err
+	}); err != nil {
+		flows = append(flows, &flow{name: "OpenSIPS subscriptions", sent: 2, failures: []string{err.Error()}})
+	}
+	oe := &flow{name: "OpenSIPS raise_event -> event_stream (reliable) -> sipside -> RabbitMQ"}
+	d0, _ := queueDepth(st.RabbitURL, st.OSQueue)
+	for i := range r.n {
+		oe.sent++
+		if err := raiseOpenSIPS("E_SIPSIDE_LAB", fmt.Sprintf(`{"n":%d}`, i)); err != nil {
+			oe.failures = append(oe.failures, err.Error())
+		}
+	}
+	waitQueue(r.ctx, st, st.OSQueue, d0, oe)
+	flows = append(flows, oe)
+	if !st.Wired {
+		return flows
+	}
+	oc := &flow{name: "RabbitMQ -> consumer -> OpenSIPS raise_event -> sipside -> RabbitMQ"}
+	d0, _ = queueDepth(st.RabbitURL, st.OSQueue)
+	for i := range r.n {
+		oc.sent++
+		if err := publish(st.RabbitURL, "lab_cmd", "route.req.lab", fmt.Sprintf(`{"n":%d}`, i)); err != nil {
+			oc.failures = append(oc.failures, err.Error())
+		}
+	}
+	waitQueue(r.ctx, st, st.OSQueue, d0, oc)
+	return append(flows, oc)
+}
+
+// eventTotals is sipside's own account of the run: events received against
+// events delivered, from the metrics' growth.
+func (r *labRun) eventTotals() (*flow, error) {
+	after, err := metrics(r.st.HTTP)
+	if err != nil {
+		return nil, err
+	}
+	before := r.before
 	ev := &flow{name: "sipside events received -> delivered (metrics delta)"}
 	ev.sent = int(sum(after, "sipside_events_received_total") - sum(before, "sipside_events_received_total"))
-	for _, r := range []string{`route="registrations"`, `route="opensips"`} { // the routes of the inputs' events
-		ev.arrived += int(sum(after, "sipside_events_delivered_total", r) - sum(before, "sipside_events_delivered_total", r))
+	for _, rt := range []string{`route="registrations"`, `route="opensips"`} { // the routes of the inputs' events
+		ev.arrived += int(sum(after, "sipside_events_delivered_total", rt) - sum(before, "sipside_events_delivered_total", rt))
 	}
 	if f := sum(after, "sipside_events_failed_total") - sum(before, "sipside_events_failed_total"); f > 0 {
 		ev.failures = append(ev.failures, fmt.Sprintf("%.0f failed deliveries (see sipside.log)", f))
@@ -275,8 +296,12 @@ func scenario(ctx context.Context, st *State, w io.Writer) error {
 	if u := sum(after, "sipside_events_undelivered_total") - sum(before, "sipside_events_undelivered_total"); u > 0 {
 		ev.failures = append(ev.failures, fmt.Sprintf("%.0f undelivered", u))
 	}
-	flows = append(flows, ev)
+	return ev, nil
+}
 
+// report prints the table of flows and every failure, and fails when any
+// flow did.
+func report(w io.Writer, st *State, flows []*flow) error {
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "flow\tsent\tarrived\tresult")
 	bad := 0
