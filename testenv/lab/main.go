@@ -360,129 +360,23 @@ event_route[xhttp:request] {
 // opensips is an OpenSIPS MI target to subscribe at and deliver to, or "".
 func start(ctx context.Context, dir, opensips string) (*State, *exec.Cmd, error) {
 	st := &State{Pid: os.Getpid(), Dir: dir, Queue: "lab_registrations", OpenSIPS: opensips, OSQueue: "lab_opensips"}
-
 	st.Sipside = filepath.Join(dir, "sipside")
 	build := exec.CommandContext(ctx, "go", "build", "-o", st.Sipside, "./cmd/sipside")
 	build.Dir = repoRoot()
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, nil, fmt.Errorf("go build ./cmd/sipside (run from the repository root): %v\n%s", err, out)
 	}
-
 	fmt.Println("lab: starting RabbitMQ (10-60 s) and two Kamailio nodes …")
-	rabbitDone := make(chan error, 1)
-	var rabbit *testenv.RabbitMQ
-	go func() {
-		var err error
-		rabbit, err = testenv.StartRabbitMQ(ctx, testenv.RabbitOptions{})
-		rabbitDone <- err
-	}()
-
-	evA, evB := freePort("tcp", "127.0.0.2"), freePort("tcp", "127.0.0.3")
-	bridge := freePort("tcp", "127.0.0.1")
-	a, err := testenv.StartKamailio(ctx, testenv.KamailioConfig{Name: "A", Addr: "127.0.0.2", Template: kamailioTemplate,
-		Vars: map[string]any{"evapi": evA, "notify": "self", "bridge": bridge}, Args: []string{"-m", "128"}})
+	ports, err := startParts(ctx, st)
 	if err != nil {
-		return nil, nil, fmt.Errorf("kamailio A: %w", err)
-	}
-	b, err := testenv.StartKamailio(ctx, testenv.KamailioConfig{Name: "B", Addr: "127.0.0.3", Template: kamailioTemplate,
-		Vars: map[string]any{"evapi": evB, "notify": "sip:" + a.SIPAddr(), "bridge": bridge}, Args: []string{"-m", "128"}})
-	if err != nil {
-		return nil, nil, fmt.Errorf("kamailio B: %w", err)
-	}
-	st.NodeA = Node{SIP: a.SIPAddr(), RPC: a.RPCURL(), Log: a.Log}
-	st.NodeB = Node{SIP: b.SIPAddr(), RPC: b.RPCURL(), Log: b.Log}
-
-	if err := <-rabbitDone; err != nil {
-		return nil, nil, fmt.Errorf("rabbitmq: %w", err)
-	}
-	st.RabbitURL = rabbit.URL
-	for _, q := range []string{st.Queue, st.OSQueue} {
-		if err := declareQueue(rabbit.URL, q); err != nil {
-			return nil, nil, err
-		}
-	}
-
-	st.HTTP = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort("tcp", "127.0.0.1")))
-	st.DMQCLIPort = freePort("udp", "127.0.0.1")
-	bridgeTCP := net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort("tcp", "127.0.0.1")))
-	base := fmt.Sprintf(`[http]
-listen = %q
-[spool]
-dir = %q
-[[input]]
-listen = "evapi:127.0.0.2:%d"
-[[input]]
-listen = "evapi:127.0.0.3:%d"
-[[route]]
-name = "registrations"
-events = ["E_KAMAILIO_REGISTER"]
-to = "virtual:FAILOVER rabbitmq:guest:guest@127.0.0.1:%d/%s flatstore:%s"
-[[route]]
-name = "watch"
-events = ["E_DMQ_*"]
-to = "stdout:"
-`, st.HTTP, filepath.Join(dir, "spool"), evA, evB, rabbit.Port, st.Queue, filepath.Join(dir, "registrations.log"))
-	if opensips != "" {
-		// As contrib/lab: event_datagram and a reliable event_stream, both
-		// subscribed by sipside; the events go to their own queue.
-		udpIn := fmt.Sprintf("udp:127.0.0.1:%d", freePort("udp", "127.0.0.1"))
-		tcpIn := fmt.Sprintf("tcp:127.0.0.1:%d", freePort("tcp", "127.0.0.1"))
-		base += fmt.Sprintf(`[[input]]
-listen = %q
-[[input]]
-listen = %q
-reply_timeout = "900ms"
-[[subscribe]]
-target = %q
-events = ["E_AMQP_ROUTE_REQ"]
-socket = %q
-check_interval = "1s"
-[[subscribe]]
-target = %q
-events = ["E_SIPSIDE_LAB"]
-socket = %q
-check_interval = "1s"
-[[route]]
-name = "opensips"
-events = ["E_SIPSIDE_LAB", "E_AMQP_ROUTE_REQ"]
-to = "rabbitmq:guest:guest@127.0.0.1:%d/%s"
-`, udpIn, tcpIn, opensips, udpIn, opensips, tcpIn, rabbit.Port, st.OSQueue)
-	}
-	wired := base + fmt.Sprintf(`[dmq]
-listen = "sip:127.0.0.1:%d"
-seeds = ["sip:%s"]
-ping_interval = "5s"
-peers = ["htable", "usrloc", "dialog"]
-[amqp]
-brokers = [%q]
-[jsonrpc]
-listen = ["netstring:127.0.0.1:%d", "tcp:%s"]
-`, freePort("udp", "127.0.0.1"), a.SIPAddr(), rabbit.URL, bridge, bridgeTCP)
-	if opensips != "" {
-		// Messages for OpenSIPS: MI raise_event, as contrib/lab's consumer.
-		wired += fmt.Sprintf(`[[amqp.consume]]
-exchange = "lab_cmd"
-routing_key = "route.req.#"
-ack = "delivered"
-deliver = %q
-event = "E_AMQP_ROUTE_REQ"
-`, opensips)
+		return nil, nil, err
 	}
 	cfg := filepath.Join(dir, "sipside.toml")
-	os.WriteFile(cfg, []byte(wired), 0o644)
-	st.Wired = true
+	os.WriteFile(cfg, []byte(sipsideConfig(st, ports)), 0o644)
 	if out, err := exec.Command(st.Sipside, "check", "-c", cfg).CombinedOutput(); err != nil {
-		if !strings.Contains(string(out), ": unknown key") {
-			return nil, nil, fmt.Errorf("sipside check: %s", out)
-		}
-		// sipside run does not start the DMQ node and the bridge yet: the
-		// CLI covers DMQ; the scripts' bridge calls are left out.
-		os.WriteFile(cfg, []byte(base), 0o644)
-		st.Wired = false
+		return nil, nil, fmt.Errorf("sipside check: %s", out)
 	}
-	if st.Wired {
-		st.BridgeTCP = bridgeTCP
-	}
+	st.Wired = true
 	logf, err := os.Create(filepath.Join(dir, "sipside.log"))
 	if err != nil {
 		return nil, nil, err
@@ -501,6 +395,118 @@ event = "E_AMQP_ROUTE_REQ"
 	}
 	st.Ready = true
 	return st, sipside, writeState(st)
+}
+
+// labPorts are the ports the parts were started with that sipside's config
+// names.
+type labPorts struct {
+	evapiA, evapiB, bridge, rabbit int
+}
+
+// startParts starts RabbitMQ and the two Kamailio nodes (in parallel: the
+// broker takes longest) and fills in st.
+func startParts(ctx context.Context, st *State) (labPorts, error) {
+	rabbitDone := make(chan error, 1)
+	var rabbit *testenv.RabbitMQ
+	go func() {
+		var err error
+		rabbit, err = testenv.StartRabbitMQ(ctx, testenv.RabbitOptions{})
+		rabbitDone <- err
+	}()
+	p := labPorts{evapiA: freePort("tcp", "127.0.0.2"), evapiB: freePort("tcp", "127.0.0.3"), bridge: freePort("tcp", "127.0.0.1")}
+	a, err := testenv.StartKamailio(ctx, testenv.KamailioConfig{Name: "A", Addr: "127.0.0.2", Template: kamailioTemplate,
+		Vars: map[string]any{"evapi": p.evapiA, "notify": "self", "bridge": p.bridge}, Args: []string{"-m", "128"}})
+	if err != nil {
+		return p, fmt.Errorf("kamailio A: %w", err)
+	}
+	b, err := testenv.StartKamailio(ctx, testenv.KamailioConfig{Name: "B", Addr: "127.0.0.3", Template: kamailioTemplate,
+		Vars: map[string]any{"evapi": p.evapiB, "notify": "sip:" + a.SIPAddr(), "bridge": p.bridge}, Args: []string{"-m", "128"}})
+	if err != nil {
+		return p, fmt.Errorf("kamailio B: %w", err)
+	}
+	st.NodeA = Node{SIP: a.SIPAddr(), RPC: a.RPCURL(), Log: a.Log}
+	st.NodeB = Node{SIP: b.SIPAddr(), RPC: b.RPCURL(), Log: b.Log}
+	if err := <-rabbitDone; err != nil {
+		return p, fmt.Errorf("rabbitmq: %w", err)
+	}
+	st.RabbitURL, p.rabbit = rabbit.URL, rabbit.Port
+	for _, q := range []string{st.Queue, st.OSQueue} {
+		if err := declareQueue(rabbit.URL, q); err != nil {
+			return p, err
+		}
+	}
+	st.HTTP = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort("tcp", "127.0.0.1")))
+	st.DMQCLIPort = freePort("udp", "127.0.0.1")
+	st.BridgeTCP = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort("tcp", "127.0.0.1")))
+	return p, nil
+}
+
+// sipsideConfig is sipside run's config for the lab: the Kamailio nodes'
+// evapi events to RabbitMQ (FAILOVER to a file), a DMQ node on their bus,
+// the scripts' AMQP bridge, and with OpenSIPS its subscriptions and a
+// consumer that raises events in it.
+func sipsideConfig(st *State, p labPorts) string {
+	cfg := fmt.Sprintf(`[http]
+listen = %q
+[spool]
+dir = %q
+[[input]]
+listen = "evapi:127.0.0.2:%d"
+[[input]]
+listen = "evapi:127.0.0.3:%d"
+[[route]]
+name = "registrations"
+events = ["E_KAMAILIO_REGISTER"]
+to = "virtual:FAILOVER rabbitmq:guest:guest@127.0.0.1:%d/%s flatstore:%s"
+[[route]]
+name = "watch"
+events = ["E_DMQ_*"]
+to = "stdout:"
+[dmq]
+listen = "sip:127.0.0.1:%d"
+seeds = ["sip:%s"]
+ping_interval = "5s"
+peers = ["htable", "usrloc", "dialog"]
+[amqp]
+brokers = [%q]
+[jsonrpc]
+listen = ["netstring:127.0.0.1:%d", "tcp:%s"]
+`, st.HTTP, filepath.Join(st.Dir, "spool"), p.evapiA, p.evapiB, p.rabbit, st.Queue, filepath.Join(st.Dir, "registrations.log"),
+		freePort("udp", "127.0.0.1"), st.NodeA.SIP, st.RabbitURL, p.bridge, st.BridgeTCP)
+	if st.OpenSIPS == "" {
+		return cfg
+	}
+	// As contrib/lab: event_datagram and a reliable event_stream, both
+	// subscribed by sipside, their events to their own queue; messages for
+	// OpenSIPS raised with MI raise_event, as contrib/lab's consumer.
+	udpIn := fmt.Sprintf("udp:127.0.0.1:%d", freePort("udp", "127.0.0.1"))
+	tcpIn := fmt.Sprintf("tcp:127.0.0.1:%d", freePort("tcp", "127.0.0.1"))
+	return cfg + fmt.Sprintf(`[[input]]
+listen = %q
+[[input]]
+listen = %q
+reply_timeout = "900ms"
+[[subscribe]]
+target = %q
+events = ["E_AMQP_ROUTE_REQ"]
+socket = %q
+check_interval = "1s"
+[[subscribe]]
+target = %q
+events = ["E_SIPSIDE_LAB"]
+socket = %q
+check_interval = "1s"
+[[route]]
+name = "opensips"
+events = ["E_SIPSIDE_LAB", "E_AMQP_ROUTE_REQ"]
+to = "rabbitmq:guest:guest@127.0.0.1:%d/%s"
+[[amqp.consume]]
+exchange = "lab_cmd"
+routing_key = "route.req.#"
+ack = "delivered"
+deliver = %q
+event = "E_AMQP_ROUTE_REQ"
+`, udpIn, tcpIn, st.OpenSIPS, udpIn, st.OpenSIPS, tcpIn, p.rabbit, st.OSQueue, st.OpenSIPS)
 }
 
 func declareQueue(url, name string) error {
