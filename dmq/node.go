@@ -3,7 +3,6 @@ package dmq
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -16,6 +15,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sipside/sipside/internal/jsonstr"
 	"github.com/sipside/sipside/internal/ratelog"
 )
 
@@ -751,7 +751,7 @@ func jsonObject(kv ...any) []byte {
 		if i > 0 {
 			b.WriteByte(',')
 		}
-		b.WriteString(strconv.Quote(kv[i].(string)))
+		writeJSONString(&b, kv[i].(string))
 		b.WriteByte(':')
 		switch v := kv[i+1].(type) {
 		case string:
@@ -777,6 +777,6 @@ func jsonObject(kv ...any) []byte {
 }
 
 func writeJSONString(b *strings.Builder, s string) {
-	q, _ := json.Marshal(s)
-	b.Write(q)
+	var buf [64]byte
+	b.Write(jsonstr.Append(buf[:0], s))
 }

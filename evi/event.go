@@ -8,7 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
+
+	"github.com/sipside/sipside/internal/jsonstr"
 )
 
 // Event is one event as the proxy raised it.
@@ -114,45 +115,9 @@ func AppendJSONLine(dst []byte, ev *Event) []byte {
 	return append(dst, "}\n"...)
 }
 
-const hexDigits = "0123456789abcdef"
-
 // appendJSONString quotes s for JSON without reflection; invalid UTF-8 is
 // replaced by U+FFFD so that the line stays valid JSON.
-func appendJSONString(dst []byte, s string) []byte {
-	dst = append(dst, '"')
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			switch {
-			case c == '"' || c == '\\':
-				dst = append(dst, '\\', c)
-			case c < 0x20:
-				switch c {
-				case '\n':
-					dst = append(dst, '\\', 'n')
-				case '\r':
-					dst = append(dst, '\\', 'r')
-				case '\t':
-					dst = append(dst, '\\', 't')
-				default:
-					dst = append(dst, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
-				}
-			default:
-				dst = append(dst, c)
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			dst = append(dst, `\ufffd`...)
-		} else {
-			dst = append(dst, s[i:i+size]...)
-		}
-		i += size
-	}
-	return append(dst, '"')
-}
+func appendJSONString(dst []byte, s string) []byte { return jsonstr.Append(dst, s) }
 
 // Notification returns the JSON-RPC notification OpenSIPS's event_datagram
 // would send for ev: the original bytes when the event came from the proxy,
