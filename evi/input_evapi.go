@@ -2,14 +2,11 @@ package evi
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net"
 	"time"
 
-	"github.com/sipside/sipside/internal/netstring"
+	"github.com/sipside/sipside/internal/evapi"
 )
 
 // evapiInput connects to Kamailio's evapi server as a client and turns every
@@ -44,49 +41,19 @@ func (in *evapiInput) Run(ctx context.Context, sink Sink) error {
 		case <-ctx.Done():
 		}
 	}()
-	backoff := 100 * time.Millisecond
-	for ctx.Err() == nil {
-		var d net.Dialer
-		c, err := d.DialContext(ctx, "tcp", in.addr)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			in.bad.Warn("cannot connect to Kamailio evapi; retrying", "addr", in.addr, "error", err, "retry_in", backoff)
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-time.After(backoff):
-			}
-			backoff = min(backoff*2, 10*time.Second)
-			continue
-		}
-		backoff = 100 * time.Millisecond
-		in.log.Info("connected to Kamailio evapi", "addr", in.addr)
-		stop := context.AfterFunc(ctx, func() { c.Close() })
-		err = in.read(c, sink)
-		stop()
-		c.Close()
-		if ctx.Err() != nil {
-			return nil
-		}
-		in.log.Warn("Kamailio evapi connection lost; reconnecting", "addr", in.addr, "error", err)
+	r := evapi.Reader{Addr: in.addr, MaxFrame: in.maxFrame,
+		Frame:     func(p []byte) { sink.Accept(in.event(p)) },
+		Connected: func() { in.log.Info("connected to Kamailio evapi", "addr", in.addr) },
+		DialFailed: func(err error, retry time.Duration) {
+			in.bad.Warn("cannot connect to Kamailio evapi; retrying", "addr", in.addr, "error", err, "retry_in", retry)
+		},
+		Lost: func(err error) {
+			in.log.Warn("Kamailio evapi connection lost; reconnecting", "addr", in.addr, "error", err)
+		},
+		BadFrame: func(err error) { in.reject(err, 0) },
 	}
+	r.Run(ctx)
 	return nil
-}
-
-func (in *evapiInput) read(c net.Conn, sink Sink) error {
-	r := netstring.NewReader(c, in.maxFrame)
-	for {
-		p, err := r.Next()
-		if err != nil {
-			if errors.Is(err, netstring.ErrMalformed) || errors.Is(err, netstring.ErrTooBig) || errors.Is(err, io.ErrUnexpectedEOF) {
-				in.reject(err, 0)
-			}
-			return err
-		}
-		sink.Accept(in.event(p))
-	}
 }
 
 // event builds the event for one evapi payload (copied: p is reused).

@@ -4,12 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strings"
-	"sync"
-	"time"
 
-	"github.com/sipside/sipside/internal/netstring"
+	"github.com/sipside/sipside/internal/evapi"
 	"github.com/sipside/sipside/mi"
 )
 
@@ -26,7 +23,7 @@ func DefaultDeliverer(target string, opts Options) (Deliverer, error) {
 		return eventsDeliverer(opts.Events), nil
 	}
 	if addr, ok := strings.CutPrefix(target, "evapi:"); ok {
-		return &EvapiDeliverer{Addr: addr}, nil
+		return NewEvapiDeliverer(addr), nil
 	}
 	c, err := mi.New(target, mi.Options{Metrics: opts.Metrics, Logger: opts.Logger})
 	if err != nil {
@@ -80,19 +77,18 @@ func (r *RaiseEventDeliverer) Deliver(ctx context.Context, m *Message) error {
 	return nil
 }
 
-// evapiMaxFrame: Kamailio's evapi reads into a 32 KB buffer; a bigger frame is lost.
-const evapiMaxFrame = 32768 - 16
-
 // EvapiDeliverer writes each message as one netstring frame to Kamailio's evapi port,
 // where event_route[evapi:message-received] sees it in $evapi(msg):
 // {"event":E,"exchange":X,"routing_key":K,"id":ACKID,"body":BODY}, BODY as JSON when
 // it is JSON, else as a string. evapi sends no acknowledgement: a message counts as
 // delivered once written.
 type EvapiDeliverer struct {
-	Addr string
+	w evapi.Writer
+}
 
-	mu   sync.Mutex
-	conn net.Conn
+// NewEvapiDeliverer delivers to evapi's bind_addr HOST:PORT.
+func NewEvapiDeliverer(addr string) *EvapiDeliverer {
+	return &EvapiDeliverer{w: evapi.Writer{Addr: addr}}
 }
 
 // Deliver writes one frame, reconnecting once if the connection was lost.
@@ -110,60 +106,8 @@ func (e *EvapiDeliverer) Deliver(ctx context.Context, m *Message) error {
 	p = append(p, `,"body":`...)
 	p = append(p, jsonOrString(m.Body)...)
 	p = append(p, '}')
-	if len(p) > evapiMaxFrame {
-		return fmt.Errorf("evapi %s: message of %d bytes exceeds evapi's 32 KB buffer; it would be lost", e.Addr, len(p))
-	}
-	frame := netstring.Append(nil, p)
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	for attempt := 0; ; attempt++ {
-		if e.conn == nil {
-			var d net.Dialer
-			c, err := d.DialContext(ctx, "tcp", e.Addr)
-			if err != nil {
-				return fmt.Errorf("evapi %s: %w (is Kamailio's evapi bind_addr this address?)", e.Addr, err)
-			}
-			e.conn = c
-			// Kamailio writes to us too (evapi_relay); nobody reads it here, so drain it
-			// to keep the socket from filling and to notice a close.
-			go drain(c)
-		}
-		deadline, ok := ctx.Deadline()
-		if !ok {
-			deadline = time.Now().Add(deliverTimeout)
-		}
-		e.conn.SetWriteDeadline(deadline)
-		// One write per frame: evapi drops a frame whose length prefix is split.
-		_, err := e.conn.Write(frame)
-		if err == nil {
-			return nil
-		}
-		e.conn.Close()
-		e.conn = nil
-		if attempt > 0 || ctx.Err() != nil {
-			return fmt.Errorf("evapi %s: %w", e.Addr, err)
-		}
-	}
-}
-
-func drain(c net.Conn) {
-	buf := make([]byte, 4096)
-	for {
-		if _, err := c.Read(buf); err != nil {
-			c.Close()
-			return
-		}
-	}
+	return e.w.Write(ctx, p, deliverTimeout)
 }
 
 // Close closes the evapi connection.
-func (e *EvapiDeliverer) Close() error {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.conn != nil {
-		err := e.conn.Close()
-		e.conn = nil
-		return err
-	}
-	return nil
-}
+func (e *EvapiDeliverer) Close() error { return e.w.Close() }
