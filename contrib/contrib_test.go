@@ -885,14 +885,7 @@ func startOwn(t *testing.T, logPath, bin string, args ...string) {
 // poll calls f until it succeeds or d passes, and returns its last error.
 func poll(t *testing.T, d time.Duration, f func() error) error {
 	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		err := f()
-		if err == nil || time.Now().After(deadline) {
-			return err
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
+	return testenv.Poll(d, 200*time.Millisecond, f)
 }
 
 // TestOpenSIPSConfigs runs `$OPENSIPS_BIN -c` on every OpenSIPS config. The

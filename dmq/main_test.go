@@ -14,16 +14,8 @@ func TestMain(m *testing.M) { testenv.Main(m) }
 // fails the test.
 func checkFor(t testing.TB, timeout, interval time.Duration, f func() error) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %s: %v", timeout, err)
-		}
-		time.Sleep(interval)
+	if err := testenv.Poll(timeout, interval, f); err != nil {
+		t.Fatalf("after %s: %v", timeout, err)
 	}
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sipside/sipside/internal/metrics"
+	"github.com/sipside/sipside/testenv"
 )
 
 // collect is a Sink that keeps what it is given.
@@ -44,17 +45,8 @@ func (c *collect) len() int {
 	return len(c.evs)
 }
 
-// checkFor polls cond until it holds or the deadline passes.
-func checkFor(t *testing.T, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
+// checkFor is testenv.WaitFor.
+var checkFor = testenv.WaitFor
 
 func TestDatagramInputBadInput(t *testing.T) {
 	for _, proto := range []string{"udp", "unix"} {

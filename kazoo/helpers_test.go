@@ -215,16 +215,8 @@ func (n *nsConn) recv(t testing.TB) string {
 	return string(p)
 }
 
-func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", timeout, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+// waitFor is testenv.WaitFor.
+var waitFor = testenv.WaitFor
 
 // field parses a JSON response and returns one member as JSON text.
 func field(t testing.TB, resp string, path ...string) string {

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sipside/sipside/testenv"
 	"github.com/valyala/fastjson"
 )
 
@@ -239,14 +240,8 @@ func (f *fakeProxy) serveFIFO(r *os.File, dir string) {
 	}
 }
 
-// waitFor polls cond until it holds or the deadline passes.
+// waitFor polls cond until it holds or 5 s pass.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testenv.WaitFor(t, 5*time.Second, what, cond)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"strings"
 	"testing"
@@ -127,11 +128,12 @@ func TestDMQAgainstKamailio(t *testing.T) {
 
 func waitFor(t *testing.T, timeout time.Duration, ok func() bool, what string, out *lockedBuffer) {
 	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("waited %s for %s; output so far:\n%s", timeout, what, out)
+	if err := testenv.Poll(timeout, 50*time.Millisecond, func() error {
+		if ok() {
+			return nil
 		}
-		time.Sleep(50 * time.Millisecond)
+		return fmt.Errorf("not yet")
+	}); err != nil {
+		t.Fatalf("waited %s for %s; output so far:\n%s", timeout, what, out)
 	}
 }

@@ -89,16 +89,8 @@ func (d *daemonProc) nextLine(t *testing.T) string {
 	return ""
 }
 
-func checkFor(t testing.TB, d time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", d, what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
+// checkFor is testenv.WaitFor.
+var checkFor = testenv.WaitFor
 
 func recordedDatagrams(t *testing.T) [][]byte {
 	t.Helper()
