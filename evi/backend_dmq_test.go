@@ -126,7 +126,9 @@ func TestDMQChannels(t *testing.T) {
 }
 
 func TestDMQBackendMapping(t *testing.T) {
-	ev := func(params string) *Event { return &Event{Name: "E_TEST", Params: []byte(params), Received: time.Now()} }
+	ev := func(params string) *Event {
+		return &Event{Name: "E_TEST", Params: []byte(params), Received: time.Now()}
+	}
 	for _, tc := range []struct {
 		name, socket, params string
 		want                 dmq.HTableWrite
