@@ -242,22 +242,46 @@ type DialogWrite struct {
 	Delete bool
 }
 
-// DialogID gives a dialog that sipside writes its h_entry and h_id: h_entry
-// is below hashSize (the dialog module's hash_size, 4096 by default; the
-// module indexes its table with it), h_id has its top bit set, far above the
-// ids Kamailio counts up from for its own dialogs, so the two never meet.
-// The same call always gets the same pair, so a later state change or
-// delete finds it.
+// DialogID gives a dialog that sipside writes its h_entry and h_id. The
+// dialog module checks h_entry against its own hash of the Call-ID
+// ("inconsistent hash data from peer" otherwise), so it is Kamailio's
+// core_hash of the Call-ID modulo hashSize (the module's hash_size, 4096 by
+// default). h_id has its top bit set, far above the ids Kamailio counts up
+// from for its own dialogs; the same call always gets the same pair, so a
+// later state change or delete finds it.
 func DialogID(callid, fromTag string, hashSize uint32) (hEntry, hID uint32) {
-	h := fnv.New64a()
-	h.Write([]byte(callid))
-	h.Write([]byte{0})
-	h.Write([]byte(fromTag))
-	s := h.Sum64()
 	if hashSize == 0 {
 		hashSize = 4096
 	}
-	return uint32(s>>32) % hashSize, uint32(s) | 1<<31
+	h := fnv.New32a()
+	h.Write([]byte(callid))
+	h.Write([]byte{0})
+	h.Write([]byte(fromTag))
+	return coreHash(callid, hashSize), h.Sum32() | 1<<31
+}
+
+// coreHash is Kamailio's core_hash(s, NULL, size) (hashes.h). C's plain
+// char is signed on x86, so bytes above 0x7f count as negative there (an
+// arm64 build differs for such Call-IDs; SIP Call-IDs are ASCII).
+func coreHash(s string, size uint32) uint32 {
+	c := func(i int) uint32 { return uint32(int32(int8(s[i]))) }
+	var h, v uint32
+	i := 0
+	for ; i+4 <= len(s); i += 4 {
+		v = c(i)<<24 + c(i+1)<<16 + c(i+2)<<8 + c(i+3)
+		h += v ^ (v >> 3)
+	}
+	v = 0
+	for ; i < len(s); i++ {
+		v <<= 8
+		v += c(i)
+	}
+	h += v ^ (v >> 3)
+	h = (h + (h >> 11)) + ((h >> 13) + (h >> 23))
+	if size == 0 {
+		return h
+	}
+	return h & (size - 1)
 }
 
 // Write sends a dialog update (and state) or removal to every active node
