@@ -415,3 +415,88 @@ func TestDMQBackendKamailio(t *testing.T) {
 		}
 	}
 }
+
+// TestDMQBackendKamailioBurst: 10 000 E_PIKE_BLOCKED events are all applied
+// on both nodes. The figure (events/s, time until the last cell is visible
+// on both nodes) is logged, not asserted; with SIPSIDE_DMQ_FIGURES=1 the
+// same 10 000 cells are also written by Kamailio node A with htable.sets
+// (8 concurrent jsonrpcs clients), the way a Kamailio node replicates them.
+func TestDMQBackendKamailioBurst(t *testing.T) {
+	const total = 10000
+	b := startDMQBus(t, []RouteConfig{
+		{Name: "block", Events: []string{"E_PIKE_BLOCKED"}, To: "dmq:htable:repl?key={ip}&value=1", Queue: total},
+	})
+	b.run()
+	b.joined(t)
+	ok := b.m.Delivered.With("block", "dmq:htable:repl?key={ip}&value=1")
+	start := time.Now()
+	for i := range total {
+		b.raise("E_PIKE_BLOCKED", `{"ip":"10.1.`+strconv.Itoa(i/256)+`.`+strconv.Itoa(i%256)+`"}`)
+	}
+	waitUntil(t, 120*time.Second, "every event delivered", func() bool {
+		return ok.Value() >= total || b.m.Undelivered.With("block", "failed").Value() > 0
+	})
+	delivered := time.Since(start)
+	var visible time.Duration
+	waitUntil(t, 60*time.Second, "10 000 repl cells on A and B", func() bool {
+		if kamItems(b.A, "repl") >= total && kamItems(b.B, "repl") >= total {
+			visible = time.Since(start)
+			return true
+		}
+		return false
+	})
+	if n := b.m.Undelivered.With("block", "failed").Value(); n != 0 {
+		t.Fatalf("%d events failed", n)
+	}
+	t.Logf("FIGURE route dmq:htable: %d events delivered in %v (%.0f events/s); last cell visible on A and B at %v",
+		total, delivered.Round(time.Millisecond), float64(total)/delivered.Seconds(), visible.Round(time.Millisecond))
+
+	if os.Getenv("SIPSIDE_DMQ_FIGURES") == "" {
+		return
+	}
+	// The same cells again, now written by Kamailio A itself.
+	start = time.Now()
+	var next, rpcErrs atomicCounter
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := next.add() - 1
+				if i >= total {
+					return
+				}
+				for {
+					if _, err := kamRPC(b.A, "htable.sets", "replx", "10.1."+strconv.Itoa(i/256)+"."+strconv.Itoa(i%256), "1"); err == nil {
+						break
+					}
+					rpcErrs.add()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	written := time.Since(start)
+	waitUntil(t, 120*time.Second, "10 000 replx cells on B", func() bool { return kamItems(b.B, "replx") >= total })
+	t.Logf("FIGURE kamailio htable.sets on A: %d cells written in %v (%.0f sets/s, %d jsonrpcs retries); last cell visible on B at %v",
+		total, written.Round(time.Millisecond), float64(total)/written.Seconds(), rpcErrs.load(), time.Since(start).Round(time.Millisecond))
+}
+
+type atomicCounter struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (c *atomicCounter) add() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.n++
+	return c.n
+}
+
+func (c *atomicCounter) load() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n
+}
