@@ -86,6 +86,9 @@ func cmdEvents(ctx context.Context, e *env, args []string) int {
 		cfg.Inputs = append(cfg.Inputs, evi.InputConfig{Listen: l})
 	}
 	for i, t := range tos {
+		if len(evi.DMQChannels(t)) > 0 {
+			return usageError(e, fs.Name(), help, "--to %s: dmq: sockets write through the DMQ node of 'sipside run' ([dmq]); use them in a [[route]] there", t)
+		}
 		cfg.Routes = append(cfg.Routes, evi.RouteConfig{Name: fmt.Sprintf("to%d", i+1), Events: evs, To: t})
 	}
 	reg := metrics.New()
