@@ -238,7 +238,8 @@ func newDMQBackend(rest string, d Deps) (Backend, error) {
 			continue
 		}
 		k, v, _ := strings.Cut(kv, "=")
-		if uv, err := url.QueryUnescape(v); err == nil {
+		// %XX escapes only: a + is a plus in a cell value, not a space.
+		if uv, err := url.PathUnescape(v); err == nil {
 			v = uv
 		}
 		if !allowed[k] {
@@ -440,6 +441,9 @@ func (b *dmqBackend) usrloc(ctx context.Context, ev *Event, v *fastjson.Value) e
 	expires, err := b.num(ev, v, "expires", 3600)
 	if err != nil {
 		return err
+	}
+	if expires < 0 {
+		return b.reject(ev, fmt.Errorf("expires=%s is %d: want seconds from now, 0 for a permanent contact", b.fields["expires"].src, expires))
 	}
 	if expires > 0 {
 		c.Expires = time.Now().Add(time.Duration(expires) * time.Second)

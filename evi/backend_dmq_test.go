@@ -150,8 +150,8 @@ func TestDMQBackendMapping(t *testing.T) {
 			dmq.HTableWrite{Table: "repl", Name: "::1", Type: dmq.TypeInt, Int: 1, Expire: 30 * time.Second}, 0},
 		{"delete", "dmq:htable:repl?key={ip}&op=delete", `{"ip":"10.0.0.1"}`,
 			dmq.HTableWrite{Table: "repl", Name: "10.0.0.1", Delete: true}, 0},
-		{"escaped", "dmq:htable:repl?key={ip}&value=a%26b", `{"ip":"1"}`,
-			dmq.HTableWrite{Table: "repl", Name: "1", Type: dmq.TypeStr, Str: "a&b"}, 0},
+		{"escaped", "dmq:htable:repl?key={ip}&value=a%26b+c", `{"ip":"1"}`,
+			dmq.HTableWrite{Table: "repl", Name: "1", Type: dmq.TypeStr, Str: "a&b+c"}, 0},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			f := &fakeDMQ{joined: true}
@@ -209,6 +209,7 @@ func TestDMQBackendRejectsMissingParams(t *testing.T) {
 		{"dmq:htable:repl?key={ip}&value=1", `{"ip":""}`, `key={ip} is empty`},
 		{"dmq:htable:repl?key={ip}&value={a.b}", `{"ip":"1","a":{}}`, `no parameter "a.b"`},
 		{"dmq:usrloc?aor={aor}&contact={c}&expires={e}", `{"aor":"a","c":"sip:a@h","e":"soon"}`, `is not an integer`},
+		{"dmq:usrloc?aor={aor}&contact={c}&expires={e}", `{"aor":"a","c":"sip:a@h","e":-5}`, `want seconds from now`},
 		{"dmq:dialog?callid={c}&state={s}", `{"c":"x","s":"ringing"}`, `state "ringing"`},
 		{"dmq:htable:repl?key={ip}&value=1", `{"ip":`, `not JSON`},
 	} {
