@@ -58,6 +58,11 @@ type Config struct {
 	// would add one more is refused and counted (updates of cells already
 	// mirrored still apply).
 	MaxCells int `toml:"max_cells"`
+	// Echo makes the changes sipside writes through dmq: routes events
+	// too (E_DMQ_HTABLE, E_DMQ_USRLOC, E_DMQ_DIALOG with node = this node),
+	// and their copies coming back from the bus (sync answers). Off, a
+	// route that writes what another route reads cannot loop.
+	Echo bool `toml:"echo"`
 }
 
 // Limits a hostile or broken peer cannot push this node past.

@@ -59,6 +59,10 @@ type cellVal struct {
 	n      int64
 	s      string
 	expire int64 // unix seconds, 0 none
+	// own: this node wrote the value (HTable.Write). The same value coming
+	// back from the bus (a sync answer, a node replaying it) is an echo and
+	// raises no event unless [dmq] echo is on.
+	own bool
 }
 
 // HTable mirrors the tables Kamailio replicates with dmqreplicate=1, and
@@ -257,11 +261,14 @@ func (h *HTable) apply(m htMsg, from NodeAddr) int {
 			return 400
 		}
 		c := Cell{Table: m.htname, Name: m.cname, Type: m.typ & TypeStr, Int: m.intval, Str: m.strval}
-		if !h.store(c) {
+		echo := h.isEcho(c)
+		if !h.store(c, echo) {
 			h.refuseFull(c.Table, 1, from)
 			return 500
 		}
-		h.event("set", c, from)
+		if !echo {
+			h.event("set", c, from)
+		}
 	case htSetCellExpire:
 		if !m.hasCname || !m.hasInt {
 			return 400
@@ -334,18 +341,36 @@ func (h *HTable) applySync(r *Request, cells *fastjson.Value) {
 		if exp := o.Get("expire").GetInt64(); exp > now {
 			c.Expire = time.Unix(exp, 0)
 		}
-		if !h.store(c) {
+		echo := h.isEcho(c)
+		if !h.store(c, echo) {
 			full[c.Table]++
 			continue
 		}
-		h.event("sync", c, r.From)
+		if !echo {
+			h.event("sync", c, r.From)
+		}
 	}
 }
 
+// isEcho reports whether c is a value this node wrote coming back, and
+// echoes are not to become events.
+func (h *HTable) isEcho(c Cell) bool {
+	if h.node.cfg.Echo {
+		return false
+	}
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	v := h.tables[c.Table][c.Name]
+	return v != nil && v.own && v.str == (c.Type == TypeStr) && v.n == c.Int && v.s == c.Str
+}
+
+// storeOwn stores a cell this node writes.
+func (h *HTable) storeOwn(c Cell) bool { return h.store(c, true) }
+
 // store puts a cell in the mirror; false when that would take its table
 // past max_cells (a cell already mirrored is always updated).
-func (h *HTable) store(c Cell) bool {
-	v := &cellVal{str: c.Type == TypeStr, n: c.Int, s: c.Str}
+func (h *HTable) store(c Cell, own bool) bool {
+	v := &cellVal{str: c.Type == TypeStr, n: c.Int, s: c.Str, own: own}
 	if !c.Expire.IsZero() {
 		v.expire = c.Expire.Unix()
 	}
@@ -521,7 +546,7 @@ func (h *HTable) set(ctx context.Context, c Cell, expire time.Duration) error {
 	if c.Table == "" || c.Name == "" {
 		return errors.New("htable set: table and name must not be empty")
 	}
-	if !h.store(c) {
+	if !h.store(c, false) {
 		return fmt.Errorf("htable set %s=>%s: the mirror of %s holds dmq.max_cells (%d) cells; raise max_cells or delete some", c.Table, c.Name, c.Table, h.maxCells)
 	}
 	h.event("set", c, h.node.self)

@@ -46,10 +46,13 @@ type Usrloc struct {
 
 	mu   sync.RWMutex
 	aors map[string]map[string]*Contact // aor -> ruid -> contact
+	// own holds the contacts this node wrote (aor NUL ruid -> contact URI):
+	// the same contact coming back in a sync answer is an echo.
+	own map[string]string
 }
 
 func newUsrloc(n *Node) *Usrloc {
-	return &Usrloc{node: n, now: time.Now, aors: make(map[string]map[string]*Contact)}
+	return &Usrloc{node: n, now: time.Now, aors: make(map[string]map[string]*Contact), own: make(map[string]string)}
 }
 
 // Channel implements Peer.
@@ -118,9 +121,13 @@ func (u *Usrloc) applyOne(v *fastjson.Value, from NodeAddr) int {
 		u.aors[c.AoR] = m
 	}
 	m[c.RUID] = &c
+	ownURI, own := u.own[c.AoR+"\x00"+c.RUID]
+	echo := own && ownURI == c.Contact && !u.node.cfg.Echo
 	u.mu.Unlock()
 	u.gauge()
-	u.event("update", c, from, raw)
+	if !echo {
+		u.event("update", c, from, raw)
+	}
 	return 200
 }
 
@@ -143,6 +150,7 @@ func contactFromJSON(v *fastjson.Value) Contact {
 
 func (u *Usrloc) remove(aor, ruid string) (Contact, bool) {
 	u.mu.Lock()
+	delete(u.own, aor+"\x00"+ruid)
 	m := u.aors[aor]
 	c, ok := m[ruid]
 	if ok {
@@ -170,6 +178,7 @@ func (u *Usrloc) expire() {
 			if !c.Expires.IsZero() && !c.Expires.After(now) {
 				gone = append(gone, *c)
 				delete(m, ruid)
+				delete(u.own, aor+"\x00"+ruid)
 			}
 		}
 		if len(m) == 0 {

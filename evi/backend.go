@@ -18,6 +18,8 @@ type Deps struct {
 	Stdout  io.Writer // shared by every stdout: backend; writes must be whole lines
 	Log     *slog.Logger
 	Metrics *metrics.Registry
+	// DMQ is the daemon's DMQ node, for dmq: backends; nil without [dmq].
+	DMQ DMQ
 }
 
 // backendFactory builds a backend from the part of its socket string after

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -17,6 +18,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sipside/sipside/dmq"
+	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/testenv"
 )
 
@@ -88,7 +91,7 @@ func notificationOf(c confEvent) string {
 func TestBackendConformance(t *testing.T) {
 	cases := []func(t *testing.T) *confCase{
 		confUDP, confUnix, confStdout, confStreamCase(false), confStreamCase(true),
-		confFlatstore, confXMLRPC, confHTTP, confRabbitMQ,
+		confFlatstore, confXMLRPC, confHTTP, confRabbitMQ, confDMQ,
 	}
 	for _, mk := range cases {
 		c := mk(nil)
@@ -530,5 +533,85 @@ func confRabbitMQ(t *testing.T) *confCase {
 	c.socket = rabbitSocket(host, pn, "", q)
 	c.down = func(*testing.T, Backend) { p.down() }
 	c.up = func(t *testing.T, _ Backend) { p.up(t) }
+	return c
+}
+
+// --- dmq
+
+// The receiver is a second DMQ node (sipside's own, so the case runs
+// wherever the tests run; the real Kamailio bus is in
+// backend_dmq_kamailio_test.go). It reads each cell it is told to set; down
+// stops it (it leaves the bus, so the writer has no node to write to); up
+// starts it again at the same address, and it joins again.
+func confDMQ(t *testing.T) *confCase {
+	c := &confCase{name: "dmq", want: func(e confEvent) string { return e.note + strconv.Itoa(e.seq) + "=v" + strconv.Itoa(e.seq) }}
+	if t == nil {
+		return c
+	}
+	c.in = newInbox()
+	nodeCfg := func(seed string) dmq.Config {
+		return dmq.Config{
+			Listen:       "sip:127.0.0.1:" + strconv.Itoa(testenv.FreePort(t, "udp", "127.0.0.1")),
+			Seeds:        []string{seed},
+			PingInterval: config.Duration(time.Second),
+			T1:           config.Duration(50 * time.Millisecond),
+			T2:           config.Duration(200 * time.Millisecond),
+			Timeout:      config.Duration(time.Second),
+			LeaveTimeout: config.Duration(time.Second),
+			Peers:        []string{dmq.ChannelHTable},
+		}
+	}
+	run := func(n *dmq.Node) (stop func()) {
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { n.Run(ctx); close(done) }()
+		<-n.Ready()
+		return func() { cancel(); <-done }
+	}
+	// Each seeds the other; the writer's seed is filled in once the
+	// receiver's address is known.
+	wcfg := nodeCfg("")
+	rcfg := nodeCfg(wcfg.Listen)
+	wcfg.Seeds = []string{rcfg.Listen}
+	writer, err := dmq.New(wcfg, dmq.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	startReceiver := func(t *testing.T) func() {
+		r, err := dmq.New(rcfg, dmq.Options{Logger: slog.New(slog.DiscardHandler), OnChange: func(name string, params []byte) {
+			// Only what is set by a write: after a restart the receiver's
+			// init sync brings back the writer's old cells too.
+			var p struct{ Action, Cname, Strval string }
+			if name == "E_DMQ_HTABLE" && json.Unmarshal(params, &p) == nil && p.Action == "set" {
+				c.in.put(p.Cname + "=" + p.Strval)
+			}
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return run(r)
+	}
+	stopWriter := run(writer)
+	var mu sync.Mutex
+	stopReceiver := startReceiver(t)
+	t.Cleanup(func() { mu.Lock(); stopReceiver(); mu.Unlock(); stopWriter() })
+	active := func() bool {
+		for _, n := range writer.Nodes() {
+			if n.Addr.String() == rcfg.Listen {
+				return n.Status == dmq.StatusActive
+			}
+		}
+		return false
+	}
+	checkFor(t, 5*time.Second, "the writer to see the receiver active", active)
+	c.socket = "dmq:htable:conf?key={note}{seq}&value=v{seq}"
+	c.deps = Deps{DMQ: writer}
+	c.down = func(*testing.T, Backend) { mu.Lock(); stopReceiver(); mu.Unlock() }
+	c.up = func(t *testing.T, _ Backend) {
+		mu.Lock()
+		stopReceiver = startReceiver(t)
+		mu.Unlock()
+		checkFor(t, 5*time.Second, "the writer to see the receiver active again", active)
+	}
 	return c
 }

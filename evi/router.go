@@ -534,7 +534,9 @@ func (r *Router) settle(rt *route, err error) {
 	rt.flight[rt.fhead] = flying{}
 	rt.fhead = (rt.fhead + 1) % len(rt.flight)
 	rt.fn--
-	keep := err != nil && !f.spilled && rt.spool != nil
+	// A rejected event fails the same way however often it is tried: kept,
+	// it would only hold up the spool behind it.
+	keep := err != nil && !f.spilled && rt.spool != nil && !IsRejected(err)
 	if keep {
 		rt.behind = true
 		ring(rt.wake)
@@ -550,6 +552,10 @@ func (r *Router) settle(rt *route, err error) {
 		// Already on disk and answered: the replay delivers it in its turn.
 	case err == nil:
 		f.ev.done(nil)
+	case IsRejected(err):
+		// Logged by the backend, with the event and what it lacks.
+		rt.failed.Inc()
+		f.ev.done(err)
 	case keep:
 		rt.spoolLog.Warn("backend failed; events go to the spool and are replayed in order when it recovers", "route", rt.cfg.Name, "event", f.ev.Name, "error", err)
 		f.ev.done(r.keepOrLose(rt, f.ev, err))
@@ -730,6 +736,12 @@ func (r *Router) replay(rt *route) (closed bool) {
 			continue
 		}
 		if err := r.deliver(rt, ev); err == nil {
+			rt.spool.Pop()
+			continue
+		} else if IsRejected(err) {
+			// It can never be delivered: count it and let the rest through.
+			rt.failed.Inc()
+			rt.spoolLog.Warn("spooled event rejected by the backend; dropped from the spool", "route", rt.cfg.Name, "event", ev.Name, "error", err)
 			rt.spool.Pop()
 			continue
 		}

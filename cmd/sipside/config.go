@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"reflect"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -282,6 +283,7 @@ func (c *Config) check(p *config.Problems) {
 	if c.dmqEnabled() {
 		c.DMQ.Check(p.At("dmq"))
 	}
+	c.checkDMQRoutes(p)
 	if k := c.kazoo(); k.Enabled() || len(k.JSONRPC.Listen) > 0 || len(k.AMQP.Consume) > 0 {
 		k.Check(p)
 	}
@@ -290,6 +292,24 @@ func (c *Config) check(p *config.Problems) {
 		sc.Check(sp)
 		if !listensOn(c.Input, sc.Socket) {
 			sp.Add("socket", "%q is not one of sipside's [[input]] listen strings: OpenSIPS would send the events where nobody listens", sc.Socket)
+		}
+	}
+}
+
+// checkDMQRoutes reports dmq: sockets that would have nothing to write
+// through: no [dmq] node, or a node without the peer of their channel.
+func (c *Config) checkDMQRoutes(p *config.Problems) {
+	peers := c.DMQ.WithDefaults().Peers
+routes:
+	for i, rc := range c.Route {
+		for _, ch := range evi.DMQChannels(rc.To) {
+			switch {
+			case !c.dmqEnabled():
+				p.Index("route", i).Add("to", "dmq:%s writes through sipside's DMQ node: configure [dmq] listen and seeds", ch)
+				continue routes
+			case !slices.Contains(peers, ch):
+				p.Index("route", i).Add("to", "dmq:%s needs the %s peer: add %q to [dmq] peers", ch, ch, ch)
+			}
 		}
 	}
 }

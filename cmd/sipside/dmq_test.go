@@ -4,6 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -136,4 +139,57 @@ func waitFor(t *testing.T, timeout time.Duration, ok func() bool, what string, o
 	}); err != nil {
 		t.Fatalf("waited %s for %s; output so far:\n%s", timeout, what, out)
 	}
+}
+
+// TestRunDMQRoute: `sipside run` with [dmq] and a dmq: route turns an
+// E_PIKE_BLOCKED datagram into a cell on a real Kamailio node; an event that
+// lacks the key is counted as failed.
+func TestRunDMQRoute(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts Kamailio")
+	}
+	k := kamailioDMQNode(t, "dmqroute", "127.0.0.2")
+	udpPort := testenv.FreePort(t, "udp", "127.0.0.1")
+	httpPort := testenv.FreePort(t, "tcp", "127.0.0.1")
+	dmqPort := testenv.FreePort(t, "udp", "127.0.0.1")
+	cfg := fmt.Sprintf(`[http]
+listen = "127.0.0.1:%d"
+[[input]]
+listen = "udp:127.0.0.1:%d"
+[dmq]
+listen = "sip:127.0.0.1:%d"
+seeds = ["sip:%s"]
+ping_interval = "1s"
+[spool]
+dir = %q
+retry_interval = "100ms"
+[[route]]
+name = "pike"
+events = ["E_PIKE_BLOCKED"]
+to = "dmq:htable:repl?key={ip}&value=1"
+`, httpPort, udpPort, dmqPort, k.SIPAddr(), t.TempDir())
+	cfgPath := filepath.Join(t.TempDir(), "sipside.toml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	d := startDaemon(t, "-c", cfgPath)
+	d.waitLog(t, "input listening")
+	conn, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", udpPort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// Sent at once, maybe before the join: the spool keeps it until then.
+	conn.Write([]byte(`{"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{"ip":"203.0.113.5"}}`))
+	conn.Write([]byte(`{"jsonrpc":"2.0","method":"E_PIKE_BLOCKED","params":{"node":"edge1"}}`))
+	checkFor(t, 15*time.Second, "repl[203.0.113.5] on Kamailio", func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		raw, err := k.RPC(ctx, "htable.get", "repl", "203.0.113.5")
+		return err == nil && strings.Contains(string(raw), `"value":1`)
+	})
+	metrics := fmt.Sprintf("http://127.0.0.1:%d/metrics", httpPort)
+	checkFor(t, 10*time.Second, "the event without ip counted as failed", func() bool {
+		return metricValue(t, metrics, `sipside_events_undelivered_total{route="pike",reason="failed"}`) == 1
+	})
 }

@@ -81,6 +81,11 @@ func cmdEvents(ctx context.Context, e *env, args []string) int {
 		return usageError(e, fs.Name(), help, "--log-level %v", err)
 	}
 	log := slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: lv}))
+	for _, t := range tos {
+		if len(evi.DMQChannels(t)) > 0 {
+			return usageError(e, fs.Name(), help, "--to %s: dmq: sockets write through the DMQ node of 'sipside run' ([dmq]); use them in a [[route]] there", t)
+		}
+	}
 	cfg := eventsConfig(listens, tos, evs)
 	reg := metrics.New()
 	m := evi.NewMetrics(reg)

@@ -18,6 +18,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/sipside/sipside/dmq"
 	"github.com/sipside/sipside/evi"
 	"github.com/sipside/sipside/internal/metrics"
 )
@@ -169,6 +170,16 @@ func (d *daemon) notReady() []string {
 func (d *daemon) run(ctx context.Context, cfg *Config) error {
 	m := evi.NewMetrics(d.reg)
 	deps := evi.Deps{Stdin: d.env.stdin, Stdout: evi.LockWriter(d.env.stdout), Log: d.log, Metrics: d.reg}
+	var pipe *evi.Pipeline
+	var node *dmq.Node
+	if cfg.dmqEnabled() {
+		var err error
+		// pipe is set below, before the node runs and can raise anything.
+		if node, err = d.newDMQ(cfg, func(ev *evi.Event) { pipe.Accept(ev) }); err != nil {
+			return err
+		}
+		deps.DMQ = node
+	}
 	pipe, err := evi.NewPipeline(cfg.events(), deps, m, nil)
 	if err != nil {
 		return err
@@ -217,11 +228,7 @@ func (d *daemon) run(ctx context.Context, cfg *Config) error {
 		})
 	}
 	d.subs.apply(gctx, cfg.Subscribe)
-	if cfg.dmqEnabled() {
-		node, err := d.startDMQ(cfg, pipe)
-		if err != nil {
-			return err
-		}
+	if node != nil {
 		g.Go(func() error { return node.Run(gctx) })
 	}
 	if kc := cfg.kazoo(); kc.Enabled() {

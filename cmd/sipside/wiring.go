@@ -11,16 +11,18 @@ import (
 	"github.com/sipside/sipside/kazoo"
 )
 
-// startDMQ joins the DMQ bus of [dmq]: every cluster change becomes an
-// event (E_DMQ_*) in the pipeline, so routes can ship it anywhere.
-func (d *daemon) startDMQ(cfg *Config, pipe *evi.Pipeline) (*dmq.Node, error) {
+// newDMQ builds the DMQ node of [dmq]: every cluster change becomes an
+// event (E_DMQ_*) handed to accept, so routes can ship it anywhere, and
+// dmq: routes write through the node. It is built before the pipeline
+// (whose backends need it) and runs after it (whose Accept it needs).
+func (d *daemon) newDMQ(cfg *Config, accept func(*evi.Event)) (*dmq.Node, error) {
 	source := "dmq:" + cfg.DMQ.Listen
 	for _, w := range cfg.DMQ.Warnings() {
 		d.log.Warn("config: " + w)
 	}
 	node, err := dmq.New(cfg.DMQ, dmq.Options{Logger: d.log, Metrics: d.reg,
 		OnChange: func(name string, params []byte) {
-			pipe.Accept(&evi.Event{Name: name, Params: params, Received: time.Now(), Source: source})
+			accept(&evi.Event{Name: name, Params: params, Received: time.Now(), Source: source})
 		}})
 	if err != nil {
 		return nil, fmt.Errorf("[dmq]: %w", err)
