@@ -12,8 +12,6 @@ import (
 	"strings"
 	"time"
 
-	amqp "github.com/rabbitmq/amqp091-go"
-
 	"github.com/sipside/sipside/internal/config"
 	"github.com/sipside/sipside/internal/rabbit"
 	"github.com/sipside/sipside/kazoo"
@@ -208,7 +206,7 @@ func amqpConsume(ctx context.Context, e *env, f *amqpFlags) int {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	msgs := make(chan amqp.Delivery, 64)
+	msgs := make(chan rabbit.TapMessage, 64)
 	setupErr := make(chan error, 1)
 	done := make(chan struct{})
 	go func() { m.Run(ctx); close(done) }()
@@ -218,11 +216,8 @@ func amqpConsume(ctx context.Context, e *env, f *amqpFlags) int {
 		fmt.Fprintf(e.stderr, "sipside amqp consume: %s\n", unreachable(f.broker, f.timeout, m.LastError()))
 		return exitUsage
 	}
-	// A task, so that after a reconnect the queue is declared and bound again;
-	// a refusal ends the command instead of being retried.
-	m.Go(ctx, rabbit.Task{Name: "sipside amqp consume", Run: func(ctx context.Context, s *rabbit.Session, ch *amqp.Channel, up func()) error {
-		return consumeRun(ctx, s, ch, f, up, msgs)
-	}, State: func(up bool, err error) {
+	// A refusal ends the command instead of being retried.
+	m.Tap(ctx, f.exchange, strings.Split(f.key, ","), msgs, func(up bool, err error) {
 		if err != nil {
 			select {
 			case setupErr <- err:
@@ -230,7 +225,7 @@ func amqpConsume(ctx context.Context, e *env, f *amqpFlags) int {
 			}
 			cancel()
 		}
-	}})
+	})
 	n := 0
 	for {
 		select {
@@ -242,7 +237,7 @@ func amqpConsume(ctx context.Context, e *env, f *amqpFlags) int {
 				CorrelationID string          `json:"correlation_id,omitempty"`
 				ReplyTo       string          `json:"reply_to,omitempty"`
 				Body          json.RawMessage `json:"body"`
-			}{d.Exchange, d.RoutingKey, d.ContentType, d.CorrelationId, d.ReplyTo, bodyJSON(d.Body)})
+			}{d.Exchange, d.RoutingKey, d.ContentType, d.CorrelationID, d.ReplyTo, bodyJSON(d.Body)})
 			e.stdout.Write(append(line, '\n'))
 			n++
 			if f.count > 0 && n >= f.count {
@@ -269,36 +264,6 @@ func amqpConsume(ctx context.Context, e *env, f *amqpFlags) int {
 			return exitOK
 		}
 	}
-}
-
-// consumeRun binds a private queue to the exchange, which is only checked:
-// an operator's tool must not create exchanges by typo.
-func consumeRun(ctx context.Context, s *rabbit.Session, ch *amqp.Channel, f *amqpFlags, up func(), out chan<- amqp.Delivery) error {
-	if err := rabbit.DeclareExchange(ctx, s.Conn, rabbit.DeclarePassive, rabbit.Exchange{Name: f.exchange}); err != nil {
-		return err
-	}
-	q, err := rabbit.DeclareQueue(ctx, s.Conn, ch, rabbit.DeclareAuto, rabbit.Queue{})
-	if err != nil {
-		return fmt.Errorf("declare a temporary queue: %w", err)
-	}
-	if f.exchange != "" {
-		for _, k := range strings.Split(f.key, ",") {
-			if err := ch.QueueBind(q, k, f.exchange, false, nil); err != nil {
-				return fmt.Errorf("bind to %q with %q: %w", f.exchange, k, err)
-			}
-		}
-	}
-	ds, err := ch.Consume(q, "", true, true, false, false, nil)
-	if err != nil {
-		return fmt.Errorf("consume: %w", err)
-	}
-	up()
-	return rabbit.ServeDeliveries(ctx, ch, ds, func(d amqp.Delivery) {
-		select {
-		case out <- d:
-		case <-ctx.Done():
-		}
-	})
 }
 
 // bodyJSON is the body itself when it is JSON, else the body as a JSON string.
